@@ -1,0 +1,130 @@
+"""The fields every config has, and the checks that run before anything compiles.
+
+Configs are Python files in configs/ whose `get_config(arg)` starts from `base_config()`
+and sets what its method and variant need. Fields a method does not use keep their
+defaults. `validate` turns every mistake it can see into one ConfigError line that names
+the field and the fix.
+"""
+import ml_collections
+
+from ssl_jax.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "simclr"
+  c.seed = 0
+
+  # Data: "quickstart", "image_folder:<path>", "packed:<file.npz>" or a TFDS name.
+  c.dataset = "quickstart"
+  c.data_dir = ""              # TFDS data_dir ("" = TFDS default)
+  c.data_image_size = 0        # resize stored images to this side on loading (0 = keep)
+  c.train_split = "train"
+  c.eval_split = "test"
+  c.image_size = 32            # side of the augmented crops fed to the network
+  c.batch_size = 512           # global batch, over all devices and processes
+  c.num_epochs = 100
+  c.num_steps = 0              # > 0 overrides num_epochs
+  c.dtype = "auto"             # compute dtype; "auto" = bfloat16 on accelerators, float32 on CPU
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="resnet", depth=50, width=1.0, cifar_stem=False, sk_ratio=0.0))
+  c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=0, out_dim=128))
+  c.loss = ml_collections.ConfigDict(dict(temperature=0.1))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6, momentum=0.9,
+      trust_coefficient=1e-3, warmup_epochs=10.0, schedule="cosine"))
+  c.augment = ml_collections.ConfigDict(dict(
+      crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True, color_strength=1.0,
+      color_prob=0.8, brightness_impl="additive", gray_prob=0.2, blur_prob=0.5,
+      solarize_prob=0.0))
+  c.eval = ml_collections.ConfigDict(dict(
+      knn_k=200, knn_temperature=0.1, batch_size=500, knn_every_epochs=0, random_init=True))
+  c.log_every_steps = 50
+  return c
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ConfigError(message)
+
+
+def validate(config, device_count: int | None = None):
+  """Checks the config alone; the data set name and paths are checked when loading, which
+  also happens before anything compiles."""
+  from ssl_jax import methods  # pylint: disable=import-outside-toplevel
+  methods.get(config.method)
+  _check(config.batch_size > 0, f"config.batch_size={config.batch_size} must be positive")
+  if device_count:
+    _check(config.batch_size % device_count == 0,
+           f"config.batch_size={config.batch_size} is not divisible by the {device_count} "
+           f"devices; use a multiple of {device_count}")
+  _check(config.num_epochs > 0 or config.num_steps > 0,
+         "config.num_epochs and config.num_steps are both 0; set one of them")
+  _check(config.dtype in DTYPES, f"config.dtype={config.dtype!r} is unknown; use one of {DTYPES}")
+  _check(config.image_size >= 8, f"config.image_size={config.image_size} is too small; use >= 8")
+  if config.model.name == "resnet":
+    from ssl_jax.models.resnet import DEPTHS  # pylint: disable=import-outside-toplevel
+    _check(config.model.depth in DEPTHS, f"config.model.depth={config.model.depth} is not "
+           f"a ResNet depth; use one of {sorted(DEPTHS)}")
+    _check(config.model.width * 64 >= 1, f"config.model.width={config.model.width} leaves "
+           "no channels; use >= 1/64")
+  else:
+    raise ConfigError(f"config.model.name={config.model.name!r} is unknown; use 'resnet'")
+  lo, hi = config.augment.crop_scale
+  _check(0 < lo <= hi <= 1, f"config.augment.crop_scale={tuple(config.augment.crop_scale)} "
+         "must satisfy 0 < min <= max <= 1")
+  _check(config.augment.brightness_impl in ("additive", "multiplicative"),
+         f"config.augment.brightness_impl={config.augment.brightness_impl!r} is unknown; use "
+         "'additive' (SimCLR v1) or 'multiplicative' (SimCLR v2)")
+  _check(config.eval.knn_k > 0, f"config.eval.knn_k={config.eval.knn_k} must be positive")
+  _check(config.log_every_steps > 0, "config.log_every_steps must be positive")
+
+
+# Scale presets shared by every method's config; a method's file then sets its own
+# optimizer, loss and augmentation values for the variant.
+
+def use_cifar10(c):
+  """CIFAR-10 at 32 px: ResNet-18 with the CIFAR stem, batch 512, 200 epochs."""
+  c.dataset = "cifar10"
+  c.image_size = 32
+  c.batch_size = 512
+  c.num_epochs = 200
+  c.model.update(depth=18, width=1.0, cifar_stem=True, sk_ratio=0.0)
+  c.eval.knn_every_epochs = 10
+  return c
+
+
+def use_quickstart(c):
+  """The bundled 5,000-image CIFAR-10 subset; a narrow ResNet-18 that learns in minutes on CPU."""
+  c.dataset = "quickstart"
+  c.image_size = 32
+  c.batch_size = 256
+  c.num_epochs = 10
+  c.optimizer.warmup_epochs = 1   # 10 of 10 epochs would never leave the warmup
+  c.model.update(depth=18, width=0.125, cifar_stem=True, sk_ratio=0.0)
+  c.log_every_steps = 10
+  return c
+
+
+def use_smoke(c):
+  """Seconds on a CPU: a tiny ResNet-18 on 16 px crops of the bundled set, a few steps."""
+  use_quickstart(c)
+  c.image_size = 16
+  c.batch_size = 32
+  c.num_steps = 3
+  c.model.update(width=1 / 16)
+  c.log_every_steps = 1
+  return c
+
+
+def variant(c, arg, presets: dict):
+  """Applies the variant named by `arg` (None = the paper's setting) from `presets`."""
+  if arg in (None, ""):
+    return c
+  if arg not in presets:
+    raise ConfigError(f"config variant {arg!r} is unknown; use one of {sorted(presets)} "
+                      "(or none for the paper's setting)")
+  return presets[arg](c)

@@ -1,0 +1,1 @@
+"""Input: data sources, the in-memory loader and on-device augmentation."""

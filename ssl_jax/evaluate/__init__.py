@@ -1,0 +1,1 @@
+"""Evaluation: kNN monitor, feature extraction."""

@@ -1,0 +1,71 @@
+"""Frozen-feature extraction and InstDisc's weighted kNN classifier.
+
+kNN rule (Wu et al. 2018): cosine similarity to every training feature, the k nearest vote
+for their class with weight exp(sim / T); k = 200 and T = 0.1 are the field's standard.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssl_jax import losses, parallel
+
+
+def preprocess(images: jax.Array, image_size: int) -> jax.Array:
+  """uint8 images -> floats in [0, 1] at the training crop size (no normalisation)."""
+  x = images.astype(jnp.float32) / 255.0
+  if x.shape[1:3] != (image_size, image_size):
+    x = jax.image.resize(x, (x.shape[0], image_size, image_size, 3), "bilinear")
+  return x
+
+
+def extract_features(encode, variables, images: np.ndarray, mesh, batch_size: int,
+                     image_size: int) -> np.ndarray:
+  """L2-normalised features of `images` (N, H, W, 3) uint8, computed batch-sharded."""
+  devices = mesh.devices.size
+  batch_size = max(devices, batch_size // devices * devices)
+
+  @jax.jit
+  def features(variables, x):
+    return losses.l2_normalize(encode(variables, preprocess(x, image_size)))
+
+  sharding = parallel.batch_sharded(mesh)
+  out = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    f = features(variables, jax.device_put(chunk, sharding))
+    out.append(np.asarray(f)[:batch_size - pad])
+  return np.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "k"))
+def knn_scores(train_features, train_labels, test_features, num_classes: int, k: int,
+               temperature: float):
+  """Class votes (M, num_classes) for each test feature."""
+  sims = test_features @ train_features.T
+  top_sims, top_idx = jax.lax.top_k(sims, k)
+  weights = jnp.exp(top_sims / temperature)
+  votes = jax.nn.one_hot(train_labels[top_idx], num_classes) * weights[..., None]
+  return votes.sum(axis=1)
+
+
+def knn_accuracy(train_features, train_labels, test_features, test_labels, num_classes: int,
+                 k: int = 200, temperature: float = 0.1, chunk: int = 1000) -> dict:
+  """Top-1 and top-5 accuracy (fractions) of the weighted kNN classifier."""
+  k = min(k, len(train_features))
+  train_features, train_labels = jnp.asarray(train_features), jnp.asarray(train_labels)
+  top1 = top5 = 0
+  for start in range(0, len(test_features), chunk):
+    scores = knn_scores(train_features, train_labels,
+                        jnp.asarray(test_features[start:start + chunk]), num_classes, k,
+                        temperature)
+    ranked = np.argsort(-np.asarray(scores), axis=1)
+    labels = np.asarray(test_labels[start:start + chunk])[:, None]
+    top1 += int((ranked[:, :1] == labels).sum())
+    top5 += int((ranked[:, :5] == labels).any(axis=1).sum())
+  n = len(test_features)
+  return {"top1": top1 / n, "top5": top5 / n}

@@ -1,0 +1,41 @@
+"""Loss functions on embeddings: plain jnp, tested against hand-computed values."""
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import parallel
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-row CE(logits, label) = logsumexp(logits) - logits[label]."""
+  picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  return jax.nn.logsumexp(logits, axis=-1) - picked
+
+
+def nt_xent(za: jax.Array, zb: jax.Array, temperature: float,
+            axis_name: str | None = None) -> jax.Array:
+  """SimCLR's NT-Xent with the paper's normalisation: mean over all 2N anchors.
+
+  za[i] and zb[i] are two views of one image. With `axis_name`, each device holds its own
+  rows and the negatives are gathered from every device (2(N_global - 1) per anchor);
+  gradients flow through the gather. The official code returns twice this value (it sums
+  the two directions per image); methods.simclr does that.
+  """
+  a, b = l2_normalize(za), l2_normalize(zb)
+  if axis_name:
+    a_all, b_all = parallel.gather(a), parallel.gather(b)
+    labels = parallel.first_row(a.shape[0]) + jnp.arange(a.shape[0])
+  else:
+    a_all, b_all, labels = a, b, jnp.arange(a.shape[0])
+  self_mask = jax.nn.one_hot(labels, a_all.shape[0]) * 1e9
+
+  def direction(x, x_all, y_all):
+    logits_xy = x @ y_all.T / temperature
+    logits_xx = x @ x_all.T / temperature - self_mask
+    return cross_entropy(jnp.concatenate([logits_xy, logits_xx], axis=1), labels)
+
+  return 0.5 * jnp.mean(direction(a, a_all, b_all) + direction(b, b_all, a_all))

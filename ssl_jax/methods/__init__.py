@@ -1,0 +1,20 @@
+"""Method registry: `get("simclr")` imports `ssl_jax.methods.simclr`.
+
+Every method module exposes pure functions (see ../shared/docs/DESIGN.md):
+  views(config) -> list[augment.View]             the augmented views it trains on
+  init(rng, config, sample_batch) -> MethodVars    params, batch_stats and method state
+  loss_fn(params, state, batch, rng, step) -> (loss, aux)   per-device, inside shard_map
+  update(state, new_params, aux, step) -> state   EMA, queues, banks, BN statistics
+  encode(variables, images, config) -> features   frozen backbone features for evaluation
+"""
+import importlib
+
+from ssl_jax.errors import ConfigError
+
+NAMES = ("simclr",)
+
+
+def get(name: str):
+  if name not in NAMES:
+    raise ConfigError(f"config.method={name!r} is unknown; use one of {', '.join(NAMES)}")
+  return importlib.import_module(f"ssl_jax.methods.{name}")

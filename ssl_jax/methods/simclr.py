@@ -1,0 +1,77 @@
+"""SimCLR v1 and v2 (Chen et al. 2020a, 2020c).
+
+Two views of each image go through one ResNet + projection head in a single forward pass
+(BN statistics over both views and, with global BN, over every device). NT-Xent uses the
+negatives of the whole global batch, gathered across devices with gradients. v1 and v2
+differ in config only: head depth (2 vs 3 layers), weight decay, brightness jitter.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import losses, models, parallel
+from ssl_jax.data.augment import View
+from ssl_jax.models.heads import ProjectionHead
+
+
+class Network(nn.Module):
+  """Backbone + projection head; returns [h, head layer 1, ..., z]."""
+  backbone: nn.Module
+  head: nn.Module
+
+  def __call__(self, x, train: bool = True):
+    return self.head(self.backbone(x, train=train), train=train)
+
+  def features(self, x):
+    return self.backbone(x, train=False)
+
+
+def network(config, axis_name=None) -> Network:
+  dtype = models.compute_dtype(config.dtype, jax.default_backend())
+  head = config.head
+  return Network(models.backbone(config.model, dtype, axis_name),
+                 ProjectionHead(head.num_layers, head.hidden_dim or None, head.out_dim,
+                                dtype, axis_name))
+
+
+def views(config) -> list[View]:
+  a = config.augment
+  view = View.simclr(config.image_size, a.color_strength, crop_scale=tuple(a.crop_scale),
+                     crop_ratio=tuple(a.crop_ratio), flip=a.flip, color_prob=a.color_prob,
+                     brightness_impl=a.brightness_impl, gray_prob=a.gray_prob,
+                     blur_prob=a.blur_prob, solarize_prob=a.solarize_prob)
+  return [view, view]
+
+
+def init(rng, config, sample_batch):
+  del sample_batch  # shapes come from the config
+  x = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
+  variables = network(config).init(rng, x, train=True)
+  return dict(params=variables["params"], batch_stats=variables["batch_stats"],
+              method_state={})
+
+
+def loss_fn(params, state, batch, rng, step, *, config):
+  del rng, step
+  view_a, view_b = batch["views"]
+  n = view_a.shape[0]
+  outputs, new_vars = network(config, parallel.AXIS).apply(
+      {"params": params, "batch_stats": state.batch_stats},
+      jnp.concatenate([view_a, view_b]), train=True, mutable=["batch_stats"])
+  z = outputs[-1]
+  # The official code sums the two directions per image: 2x the paper's normalisation.
+  loss = 2.0 * losses.nt_xent(z[:n], z[n:], config.loss.temperature, parallel.AXIS)
+  z_norm = losses.l2_normalize(z)
+  embedding_std = jnp.sqrt(jnp.maximum(
+      parallel.global_mean(z_norm**2) - parallel.global_mean(z_norm)**2, 0)).mean()
+  return loss, dict(batch_stats=new_vars["batch_stats"],
+                    metrics=dict(embedding_std=embedding_std))
+
+
+def update(state, new_params, aux, step, *, config):
+  del new_params, step, config
+  return state.replace(batch_stats=aux["batch_stats"])
+
+
+def encode(variables, images, config):
+  return network(config).apply(variables, images, method=Network.features)

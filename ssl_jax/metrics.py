@@ -1,0 +1,71 @@
+"""Run output: metrics.jsonl, TensorBoard (through clu, when installed) and a progress line."""
+import json
+import os
+import sys
+import time
+
+import jax
+
+
+def _tensorboard_writer(workdir):
+  try:  # clu's summary writer needs TensorFlow/TensorBoard, which GPU/TPU VMs may lack
+    from clu import metric_writers  # pylint: disable=import-outside-toplevel
+    return metric_writers.SummaryWriter(workdir)
+  except ImportError:
+    return None
+
+
+class MetricsLog:
+  """Writes on process 0 only; other processes keep quiet."""
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tensorboard = _tensorboard_writer(workdir) if self.active else None
+
+  def write(self, step: int, metrics: dict):
+    if not self.active:
+      return
+    scalars = {k: float(v) for k, v in metrics.items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": step, **scalars}) + "\n")
+    if self.tensorboard:
+      self.tensorboard.write_scalars(step, scalars)
+      self.tensorboard.flush()
+
+  def close(self):
+    if self.tensorboard:
+      self.tensorboard.close()
+
+
+def read(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+class Progress:
+  """`step 120/1000 (epoch 3) | 4.1 steps/s | 2,100 img/s | ETA 3m34s | loss 5.12`."""
+
+  def __init__(self, total_steps: int, start_step: int, global_batch: int,
+               steps_per_epoch: int):
+    self.total, self.batch, self.spe = total_steps, global_batch, steps_per_epoch
+    self.last_step, self.last_time = start_step, time.time()
+
+  def line(self, step: int, metrics: dict) -> str:
+    now = time.time()
+    rate = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    self.last_step, self.last_time = step, now
+    eta = (self.total - step) / rate if rate > 0 else float("inf")
+    shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+    return (f"step {step}/{self.total} (epoch {step / self.spe:.1f}) | {rate:.2f} steps/s | "
+            f"{rate * self.batch:,.0f} img/s | ETA {_duration(eta)} | {shown}")
+
+  def show(self, step: int, metrics: dict):
+    if jax.process_index() == 0:
+      print(self.line(step, metrics), file=sys.stdout, flush=True)

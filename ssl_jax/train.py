@@ -1,0 +1,173 @@
+"""The training loop: mesh -> data -> state -> jitted step -> evaluation.
+
+One generic step serves every method: it augments the device-local batch on the device,
+calls the method's `loss_fn` inside `jax.shard_map` over the `batch` axis, averages the
+gradients over devices, applies the optimizer and hands the rest to the method's `update`.
+"""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from ssl_jax import config as config_lib
+from ssl_jax import methods, metrics as metrics_lib, optim, parallel
+from ssl_jax.data import augment, loader as loader_lib, sources
+from ssl_jax.errors import ConfigError
+from ssl_jax.evaluate import knn
+from ssl_jax.state import TrainState
+
+
+def create_state(method, config, tx, rng) -> TrainState:
+  init_rng, step_rng = jax.random.split(rng)
+  variables = method.init(init_rng, config, None)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
+                    batch_stats=variables["batch_stats"],
+                    opt_state=tx.init(variables["params"]),
+                    method_state=variables["method_state"], rng=step_rng)
+
+
+def make_views(batch, rng, views, dtype):
+  """Augments this device's images; each example's key depends only on its global row."""
+  n = batch["image"].shape[0]
+  rows = parallel.first_row(n) + jnp.arange(n)
+  return [augment.augment_batch(jax.random.fold_in(rng, i), batch["image"], rows, view, dtype)
+          for i, view in enumerate(views)]
+
+
+def make_train_step(method, config, mesh, tx, schedule):
+  """jit(shard_map(per-device step)); the state is donated and replicated."""
+  views = method.views(config)
+  loss_fn = functools.partial(method.loss_fn, config=config)
+  update = functools.partial(method.update, config=config)
+  dtype = jnp.float32  # views stay f32; the network casts to its compute dtype
+
+  def per_device(state, batch):
+    aug_rng, loss_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+    batch = dict(batch, views=make_views(batch, aug_rng, views, dtype))
+    loss_rng = jax.random.fold_in(loss_rng, jax.lax.axis_index(parallel.AXIS))
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state, batch, loss_rng, state.step)
+    # Each device differentiated its own rows' loss (the gathers carry the cross terms),
+    # so the mean over devices is the gradient of the global mean loss.
+    grads = jax.lax.pmean(grads, parallel.AXIS)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = update(state.replace(step=state.step + 1, params=params, opt_state=opt_state),
+                       params, aux, state.step)
+    metrics = dict(aux.get("metrics", {}), loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = jax.lax.pmean(metrics, parallel.AXIS)
+    metrics["lr"] = schedule(state.step)
+    return new_state, metrics
+
+  step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
+                       out_specs=(P(), P()), check_vma=False)
+  return jax.jit(step, donate_argnums=0)
+
+
+def load_data(config):
+  data_dir = config.data_dir or None
+  size = config.data_image_size or None
+  train = sources.load_split(config.dataset, config.train_split, data_dir, size)
+  test = sources.load_split(config.dataset, config.eval_split, data_dir, size)
+  side = min(train.images.shape[1:3])
+  if config.image_size > side:
+    raise ConfigError(f"config.image_size={config.image_size} is larger than the "
+                      f"{side}x{side} images of {config.dataset}; use config.image_size <= "
+                      f"{side} or set config.data_image_size")
+  return train, test
+
+
+def run_knn(method, config, variables, train, test, mesh) -> dict:
+  encode = functools.partial(method.encode, config=config)
+  extract = functools.partial(knn.extract_features, encode, variables, mesh=mesh,
+                              batch_size=config.eval.batch_size, image_size=config.image_size)
+  result = knn.knn_accuracy(extract(train.images), train.labels, extract(test.images),
+                            test.labels, len(train.classes), config.eval.knn_k,
+                            config.eval.knn_temperature)
+  return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
+
+
+def eval_variables(state):
+  return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+  return config.num_steps or int(config.num_epochs * steps_per_epoch)
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Pretrains as `config` says, writes metrics and eval.json to `workdir`, returns the eval."""
+  config_lib.validate(config, jax.device_count())
+  method = methods.get(config.method)
+  train, test = load_data(config)
+  if len(train) < config.batch_size:
+    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {len(train)} "
+                      f"training images; use a smaller batch")
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh()
+  data = loader_lib.MemoryLoader(train, config.batch_size, config.seed, mesh)
+  steps = total_steps(config, data.steps_per_epoch)
+  schedule = optim.lr_schedule(config.optimizer, config.batch_size, data.steps_per_epoch, steps)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  state = jax.device_put(create_state(method, config, tx, jax.random.key(config.seed)),
+                         parallel.replicated(mesh))
+  train_step = make_train_step(method, config, mesh, tx, schedule)
+
+  log = metrics_lib.MetricsLog(workdir)
+  progress = metrics_lib.Progress(steps, 0, config.batch_size, data.steps_per_epoch)
+  knn_every = int(config.eval.knn_every_epochs * data.steps_per_epoch)
+  best_knn = 0.0
+  print(f"Training {config.method} for {steps} steps ({steps / data.steps_per_epoch:.1f} "
+        f"epochs of {data.steps_per_epoch}) on {len(train)} images, global batch "
+        f"{config.batch_size}, {jax.device_count()} device(s).", flush=True)
+  step = 0
+  for step, batch in enumerate(data.batches(0, steps), start=1):
+    state, metrics = train_step(state, batch)
+    if step % config.log_every_steps == 0 or step == steps:
+      metrics = jax.device_get(metrics)   # the only host sync, every log_every_steps
+      check_finite(metrics, step)
+      log.write(step, metrics)
+      progress.show(step, metrics)
+    if knn_every and step % knn_every == 0 and step < steps:
+      monitor = run_knn(method, config, eval_variables(state), train, test, mesh)
+      best_knn = max(best_knn, monitor["knn_top1"])
+      log.write(step, {**monitor, "knn_top1_best": best_knn})
+      print(f"step {step}: kNN top-1 {monitor['knn_top1']:.4f} (best {best_knn:.4f})")
+
+  result = {"step": step, "protocol": "knn", "k": config.eval.knn_k,
+            "temperature": config.eval.knn_temperature, "train_images": len(train),
+            "test_images": len(test), "skipped_files": train.skipped + test.skipped}
+  result.update(run_knn(method, config, eval_variables(state), train, test, mesh))
+  result["knn_top1_best"] = max(best_knn, result["knn_top1"])
+  if config.eval.random_init:  # the same encoder at its initialisation, for comparison
+    init_state = create_state(method, config, tx, jax.random.key(config.seed))
+    baseline = run_knn(method, config, eval_variables(init_state), train, test, mesh)
+    result.update({f"{k}_random_init": v for k, v in baseline.items()})
+  log.write(step, {k: v for k, v in result.items() if k.startswith("knn")})
+  log.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    print(format_eval(result), flush=True)
+  return result
+
+
+def check_finite(metrics: dict, step: int):
+  bad = [k for k in ("loss", "grad_norm") if k in metrics and not np.isfinite(metrics[k])]
+  if bad:
+    raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}; training stopped")
+
+
+def format_eval(result: dict) -> str:
+  rows = [("kNN top-1", "knn_top1"), ("kNN top-5", "knn_top5")]
+  lines = [f"{'':12s}{'trained':>10s}{'random init':>14s}"]
+  for name, key in rows:
+    baseline = result.get(f"{key}_random_init")
+    shown = f"{100 * baseline:13.2f}%" if baseline is not None else f"{'-':>14s}"
+    lines.append(f"{name:12s}{100 * result[key]:9.2f}%{shown}")
+  return "\n".join(lines)
