@@ -29,20 +29,37 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_steps = 0              # > 0 overrides num_epochs
   c.dtype = "auto"             # compute dtype; "auto" = bfloat16 on accelerators, float32 on CPU
 
+  # name "resnet" (width = multiplier) or "vit" (width = embedding width, depth = blocks;
+  # the patch_size ... frozen_patch_embed fields are the ViT's, see models/vit.py).
   c.model = ml_collections.ConfigDict(dict(
-      name="resnet", depth=50, width=1.0, cifar_stem=False, sk_ratio=0.0))
-  c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=0, out_dim=128))
+      name="resnet", depth=50, width=1.0, cifar_stem=False, sk_ratio=0.0,
+      patch_size=16, num_heads=12, pos_embed="sincos", drop_path=0.0,
+      frozen_patch_embed=False))
+  # finetune_layer: the head layer fine-tuning starts from (0 = backbone output).
+  c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=0, out_dim=128,
+                                          finetune_layer=0))
   c.loss = ml_collections.ConfigDict(dict(temperature=0.1))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6, momentum=0.9,
-      trust_coefficient=1e-3, warmup_epochs=10.0, schedule="cosine"))
+      trust_coefficient=1e-3, warmup_epochs=10.0, schedule="cosine",
+      lr_steps_epochs=()))        # schedule="steps": x0.1 at each of these epochs
   c.augment = ml_collections.ConfigDict(dict(
       crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True, color_strength=1.0,
       color_prob=0.8, brightness_impl="additive", gray_prob=0.2, blur_prob=0.5,
       solarize_prob=0.0))
   c.eval = ml_collections.ConfigDict(dict(
-      knn_k=200, knn_temperature=0.1, batch_size=500, knn_every_epochs=0, random_init=True))
+      knn_k=200, knn_temperature=0.1, batch_size=500, knn_every_epochs=0, random_init=True,
+      # workdir/plots at the end: curves, and a t-SNE of this many eval features (0 = none)
+      plots=True, plot_points=1000))
   c.log_every_steps = 50
+  # Checkpoints in workdir/checkpoints: every `every_steps` (0 = only at the end) and at the
+  # end; the last `keep` are kept, plus the best by `best_metric` (e.g. "knn_top1", from
+  # the kNN monitor) when set. Re-running the same command resumes from the latest.
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000, keep=2, best_metric="", best_mode="max", async_save=True))
+  # Filled in by train.py from the data set size, for schedules inside methods (EMA
+  # momentum, temperature warmup...); leave at 0.
+  c.run = ml_collections.ConfigDict(dict(steps_per_epoch=0, total_steps=0))
   return c
 
 
@@ -55,7 +72,7 @@ def validate(config, device_count: int | None = None):
   """Checks the config alone; the data set name and paths are checked when loading, which
   also happens before anything compiles."""
   from ssl_jax import methods  # pylint: disable=import-outside-toplevel
-  methods.get(config.method)
+  method = methods.get(config.method)
   _check(config.batch_size > 0, f"config.batch_size={config.batch_size} must be positive")
   if device_count:
     _check(config.batch_size % device_count == 0,
@@ -71,16 +88,39 @@ def validate(config, device_count: int | None = None):
            f"a ResNet depth; use one of {sorted(DEPTHS)}")
     _check(config.model.width * 64 >= 1, f"config.model.width={config.model.width} leaves "
            "no channels; use >= 1/64")
+  elif config.model.name == "vit":
+    _validate_vit(config)
   else:
-    raise ConfigError(f"config.model.name={config.model.name!r} is unknown; use 'resnet'")
+    raise ConfigError(f"config.model.name={config.model.name!r} is unknown; use 'resnet' "
+                      "or 'vit'")
   lo, hi = config.augment.crop_scale
   _check(0 < lo <= hi <= 1, f"config.augment.crop_scale={tuple(config.augment.crop_scale)} "
          "must satisfy 0 < min <= max <= 1")
   _check(config.augment.brightness_impl in ("additive", "multiplicative"),
          f"config.augment.brightness_impl={config.augment.brightness_impl!r} is unknown; use "
          "'additive' (SimCLR v1) or 'multiplicative' (SimCLR v2)")
+  _check(0 <= config.head.finetune_layer < max(config.head.num_layers, 1),
+         f"config.head.finetune_layer={config.head.finetune_layer} must be below "
+         f"config.head.num_layers={config.head.num_layers}")
   _check(config.eval.knn_k > 0, f"config.eval.knn_k={config.eval.knn_k} must be positive")
   _check(config.log_every_steps > 0, "config.log_every_steps must be positive")
+  if hasattr(method, "validate"):   # the method's own fields (queue length, groups...)
+    method.validate(config, device_count)
+
+
+def _validate_vit(config):
+  m = config.model
+  _check(config.image_size % m.patch_size == 0, f"config.image_size={config.image_size} is "
+         f"not divisible by config.model.patch_size={m.patch_size}; use a multiple of it")
+  _check(m.width == int(m.width) and m.width % m.num_heads == 0,
+         f"config.model.width={m.width} (the ViT width) is not divisible by "
+         f"config.model.num_heads={m.num_heads}; use a multiple of the head count")
+  _check(m.pos_embed in ("sincos", "learned"), f"config.model.pos_embed={m.pos_embed!r} is "
+         "unknown; use 'sincos' or 'learned'")
+  _check(m.pos_embed != "sincos" or m.width % 4 == 0, f"config.model.width={m.width} is not "
+         "divisible by 4, which the sin-cos position embedding needs")
+  _check(m.depth >= 1 and 0 <= m.drop_path < 1, f"config.model.depth={m.depth} and "
+         f"config.model.drop_path={m.drop_path} need depth >= 1 and 0 <= drop_path < 1")
 
 
 # Scale presets shared by every method's config; a method's file then sets its own
@@ -117,14 +157,16 @@ def use_smoke(c):
   c.num_steps = 3
   c.model.update(width=1 / 16)
   c.log_every_steps = 1
+  c.eval.plot_points = 200
   return c
 
 
 def variant(c, arg, presets: dict):
   """Applies the variant named by `arg` (None = the paper's setting) from `presets`."""
-  if arg in (None, ""):
-    return c
-  if arg not in presets:
+  if arg not in (None, "") and arg not in presets:
     raise ConfigError(f"config variant {arg!r} is unknown; use one of {sorted(presets)} "
                       "(or none for the paper's setting)")
-  return presets[arg](c)
+  if arg:
+    c = presets[arg](c)
+  c.lock()   # a misspelt field is an error, in code as on the command line
+  return c

@@ -39,3 +39,23 @@ def nt_xent(za: jax.Array, zb: jax.Array, temperature: float,
     return cross_entropy(jnp.concatenate([logits_xy, logits_xx], axis=1), labels)
 
   return 0.5 * jnp.mean(direction(a, a_all, b_all) + direction(b, b_all, a_all))
+
+
+def info_nce_queue(q: jax.Array, k: jax.Array, queue: jax.Array,
+                   temperature: float) -> jax.Array:
+  """MoCo's per-row InfoNCE: logits [q.k, q.queue_1..K] / tau, the positive at index 0.
+
+  q, k: (N, D) embeddings (normalised here); queue: (K, D) normalised keys. Neither k nor
+  the queue gets a gradient, as in MoCo where both come from no_grad / a buffer.
+  """
+  q = l2_normalize(q)
+  k = jax.lax.stop_gradient(l2_normalize(k))
+  queue = jax.lax.stop_gradient(queue.astype(jnp.float32))
+  positive = jnp.sum(q * k, axis=-1, keepdims=True)
+  logits = jnp.concatenate([positive, q @ queue.T], axis=1) / temperature
+  return cross_entropy(logits, jnp.zeros(q.shape[0], jnp.int32))
+
+
+def normalized_mse(p: jax.Array, z: jax.Array) -> jax.Array:
+  """BYOL's per-row regression loss |p/|p| - z/|z||^2 = 2 - 2 cos(p, z), in [0, 4]."""
+  return 2.0 - 2.0 * jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1)

@@ -4,9 +4,11 @@ Fields are overridden with `--config.field=value`. The resolved config is printe
 written to workdir/config.json before training starts.
 """
 import os
+import re
 import sys
 
 from absl import app, flags
+import ml_collections
 from ml_collections import config_flags
 
 from ssl_jax.errors import ConfigError
@@ -17,19 +19,57 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metr
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+USAGE = "usage: --config=configs/<method>.py[:variant] --workdir=<dir> [--config.<field>=<value>]"
+
+
+def flag_error_message(e: BaseException) -> str:
+  """One line for what went wrong while parsing flags (config_flags wraps the cause)."""
+  while isinstance(e, KeyError) and e.args:   # ConfigDict nests the KeyError it raises
+    e = e.args[0]
+  text = str(e)
+  # A config file's own ConfigError reaches here re-raised with its traceback as text.
+  raised = re.search(r"ConfigError: (.*)", text)
+  cause = e.__context__ if isinstance(e, BaseException) else None
+  if raised or isinstance(cause, ConfigError):
+    return raised[1] if raised else str(cause)
+  missing = re.search(r"No such file or directory: '([^']*)'", text)
+  if missing:
+    return f"config file {missing[1]!r} not found; use --config=configs/<method>.py"
+  field = re.fullmatch(r"""["']*(\w+)["']*""", text)
+  if field:
+    return f"unknown config field {field[1]!r}"
+  suggestion = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+  if suggestion:
+    return f"unknown config field {suggestion[2]!r}; did you mean {suggestion[1]!r}?"
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def parse_flags(argv):
+  """absl's parsing, with a bad override or variant reported as one line, not a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, ConfigError, KeyError, AttributeError, ValueError, TypeError) as e:
+    sys.exit(f"error: {flag_error_message(e)}\n{USAGE}")
+
+
 def main(argv):
   del argv
   from ssl_jax import train  # pylint: disable=import-outside-toplevel
   config, workdir = _CONFIG.value, _WORKDIR.value
+  if not isinstance(config, ml_collections.ConfigDict):   # the file failed to load
+    try:
+      config.to_dict()   # raises the loading error
+    except Exception as e:  # pylint: disable=broad-except
+      sys.exit(f"error: {flag_error_message(e)}\n{USAGE}")
   print(config)
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
     train.train_and_evaluate(config, workdir)
-  except (ConfigError, OSError) as e:
+  except (ConfigError, OSError, FloatingPointError) as e:
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

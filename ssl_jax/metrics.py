@@ -43,6 +43,24 @@ def read(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+def drop_after(workdir: str, step: int):
+  """Forgets lines past `step`: a resumed run logs the steps after its checkpoint again."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if jax.process_index() != 0 or not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    except (ValueError, KeyError):   # a line cut short by the kill that ended the last run
+      pass
+  with open(path, "w") as f:
+    f.writelines(kept)
+
+
 def _duration(seconds: float) -> str:
   seconds = int(seconds)
   h, rem = divmod(seconds, 3600)

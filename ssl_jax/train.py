@@ -14,11 +14,11 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import config as config_lib
+from ssl_jax import checkpoint, config as config_lib
 from ssl_jax import methods, metrics as metrics_lib, optim, parallel
 from ssl_jax.data import augment, loader as loader_lib, sources
 from ssl_jax.errors import ConfigError
-from ssl_jax.evaluate import knn
+from ssl_jax.evaluate import knn, plots
 from ssl_jax.state import TrainState
 
 
@@ -59,7 +59,7 @@ def make_train_step(method, config, mesh, tx, schedule):
     params = optax.apply_updates(state.params, updates)
     new_state = update(state.replace(step=state.step + 1, params=params, opt_state=opt_state),
                        params, aux, state.step)
-    metrics = dict(aux.get("metrics", {}), loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = dict(aux.get("metrics", {}), loss=loss, grad_norm=optax.tree.norm(grads))
     metrics = jax.lax.pmean(metrics, parallel.AXIS)
     metrics["lr"] = schedule(state.step)
     return new_state, metrics
@@ -112,32 +112,52 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   data = loader_lib.MemoryLoader(train, config.batch_size, config.seed, mesh)
   steps = total_steps(config, data.steps_per_epoch)
+  config.run.update(steps_per_epoch=data.steps_per_epoch, total_steps=steps)
   schedule = optim.lr_schedule(config.optimizer, config.batch_size, data.steps_per_epoch, steps)
   tx = optim.make_optimizer(config.optimizer, schedule)
   state = jax.device_put(create_state(method, config, tx, jax.random.key(config.seed)),
                          parallel.replicated(mesh))
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
+  state, start = ckpt.restore_latest(state)   # (state, 0) on a fresh workdir
+  metrics_lib.drop_after(workdir, start)      # what a killed run logged past its checkpoint
   train_step = make_train_step(method, config, mesh, tx, schedule)
 
   log = metrics_lib.MetricsLog(workdir)
-  progress = metrics_lib.Progress(steps, 0, config.batch_size, data.steps_per_epoch)
+  progress = metrics_lib.Progress(steps, start, config.batch_size, data.steps_per_epoch)
   knn_every = int(config.eval.knn_every_epochs * data.steps_per_epoch)
   best_knn = 0.0
+  if start and os.path.exists(os.path.join(workdir, "metrics.jsonl")):   # monitors so far
+    best_knn = max([l.get("knn_top1", 0.0) for l in metrics_lib.read(workdir)], default=0.0)
   print(f"Training {config.method} for {steps} steps ({steps / data.steps_per_epoch:.1f} "
         f"epochs of {data.steps_per_epoch}) on {len(train)} images, global batch "
         f"{config.batch_size}, {jax.device_count()} device(s).", flush=True)
-  step = 0
-  for step, batch in enumerate(data.batches(0, steps), start=1):
-    state, metrics = train_step(state, batch)
-    if step % config.log_every_steps == 0 or step == steps:
-      metrics = jax.device_get(metrics)   # the only host sync, every log_every_steps
-      check_finite(metrics, step)
-      log.write(step, metrics)
-      progress.show(step, metrics)
-    if knn_every and step % knn_every == 0 and step < steps:
-      monitor = run_knn(method, config, eval_variables(state), train, test, mesh)
-      best_knn = max(best_knn, monitor["knn_top1"])
-      log.write(step, {**monitor, "knn_top1_best": best_knn})
-      print(f"step {step}: kNN top-1 {monitor['knn_top1']:.4f} (best {best_knn:.4f})")
+  if start:
+    print(f"Resuming from the checkpoint of step {start} in {ckpt.directory}.", flush=True)
+  step = start
+  with checkpoint.SigtermFlag() as sigterm, ckpt:
+    for step, batch in enumerate(data.batches(start, steps), start=start + 1):
+      state, metrics = train_step(state, batch)
+      preempted = sigterm.received   # read once: a signal may land anywhere in this step
+      monitor_due = knn_every and step % knn_every == 0 and step < steps
+      save = (ckpt.should_save(step) or step == steps or preempted or
+              (monitor_due and bool(config.checkpoint.best_metric)))
+      if step % config.log_every_steps == 0 or save:
+        metrics = jax.device_get(metrics)   # the only host sync: log and checkpoint steps
+        check_finite(metrics, step, ckpt)   # so that no checkpoint holds a non-finite state
+        log.write(step, metrics)
+        progress.show(step, metrics)
+      monitor = {}
+      if monitor_due:
+        monitor = run_knn(method, config, eval_variables(state), train, test, mesh)
+        best_knn = max(best_knn, monitor["knn_top1"])
+        log.write(step, {**monitor, "knn_top1_best": best_knn})
+        print(f"step {step}: kNN top-1 {monitor['knn_top1']:.4f} (best {best_knn:.4f})")
+      if save:
+        ckpt.save(step, state, {**metrics, **monitor})
+      if preempted:
+        ckpt.wait()
+        raise SystemExit(f"stopped by SIGTERM after step {step}; its checkpoint is in "
+                         f"{ckpt.directory}; rerun the same command to resume")
 
   result = {"step": step, "protocol": "knn", "k": config.eval.knn_k,
             "temperature": config.eval.knn_temperature, "train_images": len(train),
@@ -150,6 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     result.update({f"{k}_random_init": v for k, v in baseline.items()})
   log.write(step, {k: v for k, v in result.items() if k.startswith("knn")})
   log.close()
+  if config.eval.plots:
+    plots.write_at_end(workdir, method, config, eval_variables(state), test, mesh)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)
@@ -157,10 +179,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return result
 
 
-def check_finite(metrics: dict, step: int):
+def check_finite(metrics: dict, step: int, ckpt=None):
   bad = [k for k in ("loss", "grad_norm") if k in metrics and not np.isfinite(metrics[k])]
   if bad:
-    raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}; training stopped")
+    where = "no checkpoint had been saved"
+    if ckpt is not None:
+      ckpt.wait()
+      if ckpt.latest_step() is not None:
+        where = (f"the last good checkpoint, step {ckpt.latest_step()} in {ckpt.directory}, "
+                 "is intact")
+    raise FloatingPointError(f"non-finite {', '.join(bad)} at step {step}; training "
+                             f"stopped; {where}")
 
 
 def format_eval(result: dict) -> str:

@@ -76,3 +76,21 @@ def test_projection_head_layout(layers):
   outputs, _ = head.apply(variables, jnp.ones((4, 64)), mutable=["batch_stats"])
   assert len(outputs) == layers + 1 and outputs[-1].shape == (4, 128)
   assert float(outputs[1].min()) >= 0.0     # hidden outputs are post-ReLU
+
+
+def test_simclr_v2_finetunes_from_the_heads_first_layer():
+  import importlib.util, os  # pylint: disable=import-outside-toplevel,multiple-imports
+  from ssl_jax.methods import simclr  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(__file__), "..", "configs", "simclr_v2.py")
+  spec = importlib.util.spec_from_file_location("simclr_v2", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("smoke")
+  assert config.head.finetune_layer == 1 and config.head.num_layers == 3
+  net = simclr.network(config)
+  variables = net.init(jax.random.key(0), jnp.zeros((2, 16, 16, 3)))
+  x = jnp.ones((2, 16, 16, 3))
+  f = net.apply(variables, x, config.head.finetune_layer, method=simclr.Network.finetune_features)
+  hidden = net.backbone.num_features      # hidden width = backbone width, as SimCLR
+  assert f.shape == (2, hidden)
+  np.testing.assert_allclose(f, net.apply(variables, x, train=False)[1], rtol=1e-6)

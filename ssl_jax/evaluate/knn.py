@@ -21,14 +21,16 @@ def preprocess(images: jax.Array, image_size: int) -> jax.Array:
 
 
 def extract_features(encode, variables, images: np.ndarray, mesh, batch_size: int,
-                     image_size: int) -> np.ndarray:
-  """L2-normalised features of `images` (N, H, W, 3) uint8, computed batch-sharded."""
+                     image_size: int, normalize: bool = True) -> np.ndarray:
+  """Features (L2-normalised unless `normalize` is False) of `images` (N, H, W, 3) uint8,
+  computed batch-sharded."""
   devices = mesh.devices.size
   batch_size = max(devices, batch_size // devices * devices)
 
   @jax.jit
   def features(variables, x):
-    return losses.l2_normalize(encode(variables, preprocess(x, image_size)))
+    f = encode(variables, preprocess(x, image_size))
+    return losses.l2_normalize(f) if normalize else f
 
   sharding = parallel.batch_sharded(mesh)
   out = []

@@ -11,7 +11,7 @@ import importlib
 
 from ssl_jax.errors import ConfigError
 
-NAMES = ("simclr",)
+NAMES = ("simclr", "moco", "byol", "moco_v3")
 
 
 def get(name: str):

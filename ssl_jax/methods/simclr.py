@@ -25,6 +25,11 @@ class Network(nn.Module):
   def features(self, x):
     return self.backbone(x, train=False)
 
+  def finetune_features(self, x, layer: int, train: bool = False):
+    """Output of head layer `layer` (0 = backbone): where fine-tuning attaches its
+    classifier (SimCLR v2 fine-tunes from the head's first layer)."""
+    return self(x, train=train)[layer]
+
 
 def network(config, axis_name=None) -> Network:
   dtype = models.compute_dtype(config.dtype, jax.default_backend())

@@ -1,7 +1,7 @@
 """Backbones and heads, built from config."""
 import jax.numpy as jnp
 
-from ssl_jax.models import resnet
+from ssl_jax.models import resnet, vit
 
 
 def compute_dtype(name: str, platform: str):
@@ -10,7 +10,14 @@ def compute_dtype(name: str, platform: str):
   return jnp.dtype(name)
 
 
-def backbone(model_config, dtype, axis_name=None) -> resnet.ResNet:
+def backbone(model_config, dtype, axis_name=None, image_size: int = 224):
+  """ResNet or ViT from `model_config.name`; a ViT's position embedding is built for
+  `image_size` (other sizes are interpolated)."""
+  if model_config.name == "vit":   # width = embedding width, depth = number of blocks
+    m = model_config
+    return vit.ViT(width=int(m.width), depth=m.depth, num_heads=m.num_heads,
+                   patch_size=m.patch_size, image_size=image_size, pos_embed=m.pos_embed,
+                   drop_path=m.drop_path, frozen_patch_embed=m.frozen_patch_embed, dtype=dtype)
   return resnet.resnet(model_config.depth, width=model_config.width,
                 cifar_stem=model_config.cifar_stem, sk_ratio=model_config.sk_ratio,
                 dtype=dtype, axis_name=axis_name)

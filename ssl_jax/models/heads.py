@@ -34,3 +34,29 @@ class ProjectionHead(nn.Module):
         h = nn.relu(h)
       outputs.append(h.astype(jnp.float32))
     return outputs
+
+
+class MLPHead(nn.Module):
+  """Dense layers with ReLU between them, BN after each hidden layer if `hidden_bn`.
+
+  MoCo v1: no hidden layer, Linear(128). MoCo v2: Linear(2048) -> ReLU -> Linear(128),
+  biases, no BN. BYOL projector and predictor: Linear(4096) -> BN -> ReLU -> Linear(256,
+  no bias).
+  """
+  hidden_dims: tuple[int, ...] = ()
+  out_dim: int = 128
+  hidden_bn: bool = False
+  out_bias: bool = True
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    for width in self.hidden_dims:
+      x = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32)(x)
+      if self.hidden_bn:
+        x = batch_norm(train, self.axis_name, self.dtype)(x)
+      x = nn.relu(x)
+    x = nn.Dense(self.out_dim, use_bias=self.out_bias, dtype=self.dtype,
+                 param_dtype=jnp.float32)(x)
+    return x.astype(jnp.float32)

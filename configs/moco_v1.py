@@ -1,0 +1,78 @@
+"""MoCo v1 (He et al. 2019), following facebookresearch/moco's main_moco.py.
+
+Variants, `--config=configs/moco_v1.py:<variant>`:
+  (none)      ImageNet, as main_moco.py's defaults: ResNet-50, Linear(2048->128) head,
+              temperature 0.07, queue K = 65536, key momentum 0.999, batch 256, SGD lr
+              0.03 x B/256, momentum 0.9, weight decay 1e-4 on every parameter, 200 epochs,
+              lr x0.1 at epochs 120 and 160; crops (0.2, 1), ColorJitter(0.4, 0.4, 0.4, 0.4)
+              always (multiplicative brightness), grayscale 0.2, no blur; shuffle BN with
+              per-device BN. bn_groups=1 assumes 8 devices (32 images per BN batch, as the
+              original on 8 GPUs); on one device use --config.moco.bn_groups=8.
+  cifar10     The MoCo CIFAR-10 Colab demo (branch colab-notebook): ResNet-18 CIFAR stem,
+              batch 512, SGD lr 0.06 (not scaled), weight decay 5e-4, per-epoch cosine,
+              K = 4096, momentum 0.99, temperature 0.1, 200 epochs, bn_groups 8 (the demo's
+              split BN on one GPU: 64 images per BN batch), the demo's augmentation
+              (crops (0.08, 1), ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, grayscale 0.2).
+              kNN 82.6% reported at 200 epochs (asymmetric loss; --config.moco.symmetric=True
+              for the demo's 85.3% symmetric variant with queue_size a multiple of 1024).
+  quickstart  The bundled 5,000-image CIFAR-10 subset: a narrow ResNet-18 (base width 8)
+              for 10 epochs on a 2-core CPU; the cifar10 recipe with a queue of 1024, key
+              momentum 0.9 and lr 0.06 x B/256, tuned for 190 steps (see
+              experiments/RESULTS.md).
+  smoke       A seconds-long CPU run for tests.
+
+Deviations: input normalised with ImageNet mean/std in every variant; the ResNet's last BN
+of each block starts at zero (the library's ResNet; torchvision's starts at one); BN
+running statistics are averaged over devices/groups (the original keeps rank 0's); blur,
+where used, is the TF kernel (10% of the side) rather than PIL's radius.
+"""
+import ml_collections
+
+from ssl_jax import config as config_lib
+
+
+def cifar_recipe(c):
+  """The Colab demo's settings."""
+  c.loss.temperature = 0.1
+  c.optimizer.update(base_lr=0.06, lr_scaling="none", weight_decay=5e-4,
+                     schedule="cosine_epochs", warmup_epochs=0)
+  c.augment.update(crop_scale=(0.08, 1.0), color_prob=0.8, blur_prob=0.0)
+  c.moco.update(queue_size=4096, momentum=0.99, bn_groups=8, color_jitter=(0.4, 0.4, 0.4, 0.1))
+  return c
+
+
+def quickstart_recipe(c):
+  cifar_recipe(c)
+  c.optimizer.update(base_lr=0.06, lr_scaling="linear")
+  c.moco.update(queue_size=1024, momentum=0.9)
+  return c
+
+
+def smoke_recipe(c):
+  cifar_recipe(c)
+  c.moco.update(queue_size=128, bn_groups=2)
+  return c
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.method = "moco"
+  c.dataset = "imagenet2012"
+  c.image_size = 224
+  c.batch_size = 256
+  c.num_epochs = 200
+  c.model.update(depth=50, width=1.0, cifar_stem=False)
+  c.head.update(num_layers=1, hidden_dim=0, out_dim=128)    # Linear(2048 -> 128)
+  c.loss.temperature = 0.07
+  c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="linear", weight_decay=1e-4,
+                     momentum=0.9, warmup_epochs=0, schedule="steps", lr_steps_epochs=(120, 160))
+  c.augment.update(crop_scale=(0.2, 1.0), color_prob=1.0, brightness_impl="multiplicative",
+                   gray_prob=0.2, blur_prob=0.0, solarize_prob=0.0)
+  c.moco = ml_collections.ConfigDict(dict(
+      queue_size=65536, momentum=0.999, bn_groups=1, shuffle_bn=True, symmetric=False,
+      color_jitter=(0.4, 0.4, 0.4, 0.4)))
+  return config_lib.variant(c, arg, {
+      "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
+      "quickstart": lambda c: quickstart_recipe(config_lib.use_quickstart(c)),
+      "smoke": lambda c: smoke_recipe(config_lib.use_smoke(c)),
+  })

@@ -1,0 +1,75 @@
+"""MoCo v2 (Chen et al. 2020b): facebookresearch/moco run with --mlp --moco-t 0.2 --aug-plus --cos.
+
+Variants, `--config=configs/moco_v2.py:<variant>`:
+  (none)      ImageNet, as the README's command: ResNet-50, head Linear(2048, 2048) -> ReLU
+              -> Linear(2048, 128) with biases and no BN, temperature 0.2, queue K = 65536,
+              key momentum 0.999, batch 256, SGD lr 0.03 x B/256, momentum 0.9, weight
+              decay 1e-4 on every parameter, per-epoch cosine, 200 epochs (800 for 71.1%);
+              "aug+": crops (0.2, 1), ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8 (multiplicative
+              brightness), grayscale 0.2, blur p=0.5 sigma U(0.1, 2); shuffle BN with
+              per-device BN. bn_groups=1 assumes 8 devices (32 images per BN batch); on one
+              device use --config.moco.bn_groups=8.
+  cifar10     The MoCo CIFAR-10 Colab demo's recipe (ResNet-18 CIFAR stem, batch 512, SGD
+              lr 0.06 unscaled, weight decay 5e-4, per-epoch cosine, K = 4096, momentum 0.99,
+              split BN in 8 groups, no blur, 200 epochs) with v2's MLP head (hidden width =
+              the backbone's, 512) and v2's temperature 0.2, which suits the MLP head.
+              --config.moco.symmetric=True gives the demo's symmetric loss.
+  quickstart  The bundled 5,000-image CIFAR-10 subset: a narrow ResNet-18 (base width 8)
+              for 10 epochs on a 2-core CPU; the cifar10 recipe with a queue of 1024, key
+              momentum 0.9, lr 0.12 x B/256 and crops (0.2, 1), tuned for 190 steps (see
+              experiments/RESULTS.md).
+  smoke       A seconds-long CPU run for tests.
+
+Deviations: input normalised with ImageNet mean/std in every variant; the ResNet's last BN
+of each block starts at zero (the library's ResNet; torchvision's starts at one); BN
+running statistics are averaged over devices/groups (the original keeps rank 0's); the blur
+is the TF kernel (10% of the side) with sigma U(0.1, 2), not PIL's GaussianBlur radius.
+"""
+import ml_collections
+
+from ssl_jax import config as config_lib
+
+
+def cifar_recipe(c):
+  c.optimizer.update(base_lr=0.06, lr_scaling="none", weight_decay=5e-4, warmup_epochs=0)
+  c.augment.update(crop_scale=(0.08, 1.0), blur_prob=0.0)
+  c.moco.update(queue_size=4096, momentum=0.99, bn_groups=8)
+  return c
+
+
+def quickstart_recipe(c):
+  cifar_recipe(c)
+  c.optimizer.update(base_lr=0.12, lr_scaling="linear")
+  c.augment.crop_scale = (0.2, 1.0)     # v2's ImageNet range; kinder to a tiny network
+  c.moco.update(queue_size=1024, momentum=0.9)
+  return c
+
+
+def smoke_recipe(c):
+  cifar_recipe(c)
+  c.moco.update(queue_size=128, bn_groups=2)
+  return c
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.method = "moco"
+  c.dataset = "imagenet2012"
+  c.image_size = 224
+  c.batch_size = 256
+  c.num_epochs = 200
+  c.model.update(depth=50, width=1.0, cifar_stem=False)
+  c.head.update(num_layers=2, hidden_dim=0, out_dim=128)    # hidden = backbone width
+  c.loss.temperature = 0.2
+  c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="linear", weight_decay=1e-4,
+                     momentum=0.9, warmup_epochs=0, schedule="cosine_epochs")
+  c.augment.update(crop_scale=(0.2, 1.0), color_prob=0.8, brightness_impl="multiplicative",
+                   gray_prob=0.2, blur_prob=0.5, solarize_prob=0.0)
+  c.moco = ml_collections.ConfigDict(dict(
+      queue_size=65536, momentum=0.999, bn_groups=1, shuffle_bn=True, symmetric=False,
+      color_jitter=(0.4, 0.4, 0.4, 0.1)))
+  return config_lib.variant(c, arg, {
+      "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
+      "quickstart": lambda c: quickstart_recipe(config_lib.use_quickstart(c)),
+      "smoke": lambda c: smoke_recipe(config_lib.use_smoke(c)),
+  })

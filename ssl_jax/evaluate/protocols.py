@@ -1,0 +1,68 @@
+"""The offline evaluation protocols behind `python -m ssl_jax.evaluate` (see __main__.py)."""
+import os
+
+import numpy as np
+
+from ssl_jax import train
+from ssl_jax.errors import ConfigError
+from ssl_jax.evaluate import knn, linear, plots, workdir as workdir_lib
+
+PROTOCOLS = ("knn", "linear", "export", "plots")
+
+
+def features(run, images, normalize: bool):
+  return knn.extract_features(run.encode, run.variables, images, run.mesh,
+                              run.config.eval.batch_size, run.config.image_size, normalize)
+
+
+def evaluate_knn(run) -> dict:
+  config = run.config
+  result = train.run_knn(run.method, config, run.variables, run.train, run.test, run.mesh)
+  return {"step": run.step, "k": config.eval.knn_k, "temperature": config.eval.knn_temperature,
+          "top1": result["knn_top1"], "top5": result["knn_top5"]}
+
+
+def evaluate_linear(run, settings) -> dict:
+  featurize = linear.augmented_encoder(run.encode, run.config.image_size)
+  classifier = linear.fit(featurize, run.variables, run.train.images, run.train.labels,
+                          len(run.train.classes), settings, run.mesh)
+  result = linear.accuracy(classifier, features(run, run.test.images, False), run.test.labels)
+  batch = settings.batch_size or linear.default_batch_size(len(run.train))
+  return {"step": run.step, **result, "epochs": settings.epochs, "batch_size": batch,
+          "lr": settings.base_lr * batch / 256, "optimizer": "nesterov sgd 0.9, cosine",
+          "weight_decay": settings.weight_decay, "augment": "random crop + flip"}
+
+
+def export(run, workdir) -> dict:
+  out = os.path.join(workdir, "features")
+  os.makedirs(out, exist_ok=True)
+  shapes = {}
+  for split, data in (("train", run.train), ("eval", run.test)):
+    f = features(run, data.images, normalize=False)
+    np.save(os.path.join(out, f"{split}_features.npy"), f)
+    np.save(os.path.join(out, f"{split}_labels.npy"), data.labels)
+    shapes[split] = list(f.shape)
+  return {"step": run.step, "directory": out, "shapes": shapes, "normalized": False}
+
+
+def write_plots(run, workdir) -> dict:
+  paths = plots.write_at_end(workdir, run.method, run.config, run.variables, run.test,
+                             run.mesh)
+  return {"step": run.step, "files": paths}
+
+
+def evaluate(workdir: str, protocol: str, settings=None) -> dict:
+  """Runs `protocol` on `workdir`; returns its entry (also merged into eval.json)."""
+  if protocol not in PROTOCOLS:
+    raise ConfigError(f"--protocol={protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
+  run = workdir_lib.load_run(workdir)
+  if protocol == "knn":
+    result = evaluate_knn(run)
+  elif protocol == "linear":
+    result = evaluate_linear(run, settings or linear.Settings())
+  elif protocol == "export":
+    result = export(run, workdir)
+  else:
+    return write_plots(run, workdir)
+  workdir_lib.write_result(workdir, protocol, result)
+  return result

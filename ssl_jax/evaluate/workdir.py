@@ -1,0 +1,86 @@
+"""A pretrained workdir as the evaluation CLI sees it: its config, its data, its latest
+checkpoint, and eval.json with one entry per protocol."""
+import dataclasses
+import json
+import os
+
+import jax
+import ml_collections
+import optax
+
+from ssl_jax import checkpoint, config as config_lib, methods, optim, parallel, train
+from ssl_jax.errors import ConfigError
+
+
+def _merge(base: ml_collections.ConfigDict, saved: dict):
+  """Saved values over today's defaults, so fields added since the run keep defaults."""
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(base.get(key), ml_collections.ConfigDict):
+      _merge(base[key], value)
+    else:
+      base[key] = value
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"--workdir={workdir} holds no config.json; point it at the workdir of "
+                      "a run of `python -m ssl_jax.main`")
+  with open(path) as f:
+    saved = json.load(f)
+  config = config_lib.base_config()
+  _merge(config, saved)
+  return config
+
+
+@dataclasses.dataclass
+class Run:
+  config: ml_collections.ConfigDict
+  method: object
+  variables: dict      # {"params", "batch_stats"} of the pretrained network
+  step: int
+  train: object        # sources.ArrayDataset
+  test: object
+  mesh: object
+
+  def encode(self, variables, images):
+    return self.method.encode(variables, images, self.config)
+
+
+def abstract_state(method, config):
+  """The TrainState's shapes and dtypes; the optimizer's schedule does not change them."""
+  tx = optim.make_optimizer(config.optimizer, optax.constant_schedule(0.0))
+  return jax.eval_shape(lambda: train.create_state(method, config, tx, jax.random.key(0)))
+
+
+def load_run(workdir: str, mesh=None) -> Run:
+  """The config, data and latest readable checkpoint of `workdir`, replicated on `mesh`."""
+  config = load_config(workdir)
+  method = methods.get(config.method)
+  train_data, test_data = train.load_data(config)
+  steps_per_epoch = max(len(train_data) // config.batch_size, 1)
+  config.run.update(steps_per_epoch=steps_per_epoch,
+                    total_steps=train.total_steps(config, steps_per_epoch))
+  mesh = mesh or parallel.make_mesh()
+  ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+  state, step = ckpt.restore_latest(abstract_state(method, config),
+                                    sharding=parallel.replicated(mesh))
+  ckpt.close()
+  if not step:
+    raise ConfigError(f"--workdir={workdir} has no readable checkpoint in {ckpt.directory}")
+  return Run(config, method, train.eval_variables(state), step, train_data, test_data, mesh)
+
+
+def write_result(workdir: str, protocol: str, result: dict) -> dict:
+  """Merges `result` into workdir/eval.json under `protocol` (other entries kept)."""
+  path = os.path.join(workdir, "eval.json")
+  results = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      results = json.load(f)
+  results[protocol] = {"protocol": protocol, **result}
+  if jax.process_index() == 0:
+    with open(path + ".tmp", "w") as f:
+      json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
+  return results

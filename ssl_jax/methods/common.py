@@ -1,0 +1,43 @@
+"""Pieces several methods share: views from the config, split-BN groups, collapse metric."""
+import jax
+import jax.numpy as jnp
+
+from ssl_jax import losses, parallel
+from ssl_jax.data.augment import View
+
+
+def jitter_view(config, jitter, **overrides) -> View:
+  """A view from `config.augment` with per-component colour jitter strengths.
+
+  `jitter` = (brightness, contrast, saturation, hue), as torchvision's ColorJitter and
+  BYOL's TF pipeline take them (MoCo v1: 0.4 x 4; MoCo v2 / BYOL: 0.4, 0.4, 0.2|0.4, 0.1).
+  """
+  a = config.augment
+  brightness, contrast, saturation, hue = jitter
+  kwargs = dict(crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), flip=a.flip,
+                color_prob=a.color_prob, brightness=brightness, contrast=contrast,
+                saturation=saturation, hue=hue, brightness_impl=a.brightness_impl,
+                gray_prob=a.gray_prob, blur_prob=a.blur_prob, solarize_prob=a.solarize_prob)
+  kwargs.update(overrides)
+  return View(size=config.image_size, **kwargs)
+
+
+def in_groups(fn, x, groups: int):
+  """Runs `fn(x_g) -> (outputs, batch_stats)` on `groups` equal consecutive slices of x.
+
+  Each slice is its own BN batch (split BN: one device behaves like `groups` devices with
+  per-device BN). Outputs come back in x's row order; the running statistics are averaged
+  over the groups.
+  """
+  n = x.shape[0]
+  outputs, stats = jax.vmap(fn)(x.reshape((groups, n // groups) + x.shape[1:]))
+  outputs = jax.tree.map(lambda o: o.reshape((n,) + o.shape[2:]), outputs)
+  return outputs, jax.tree.map(lambda s: s.mean(0), stats)
+
+
+def embedding_std(z):
+  """Mean over dimensions of the global per-dimension std of normalised embeddings; a
+  collapsed representation gives 0, a spread one about 1/sqrt(dim)."""
+  z = losses.l2_normalize(z)
+  variance = parallel.global_mean(z**2) - parallel.global_mean(z)**2
+  return jnp.sqrt(jnp.maximum(variance, 0)).mean()

@@ -1,0 +1,69 @@
+"""The generic sharded step: 8 devices equal 1 device on the same global batch."""
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ssl_jax import methods, optim, parallel, train
+
+sys.path.insert(0, "configs")
+import simclr_v1  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def tiny_config():
+  c = simclr_v1.get_config("smoke")
+  c.batch_size = 16
+  c.image_size = 16
+  c.model.width = 1 / 16
+  c.augment.blur_prob = 0.5      # exercise every augmentation op
+  c.augment.solarize_prob = 0.2
+  return c
+
+
+def one_step(config, devices, batch):
+  mesh = parallel.make_mesh(devices)
+  method = methods.get(config.method)
+  schedule = optim.lr_schedule(config.optimizer, config.batch_size, 10, 100)
+  tx = optim.make_optimizer(config.optimizer, schedule)
+  state = jax.device_put(train.create_state(method, config, tx, jax.random.key(0)),
+                         parallel.replicated(mesh))
+  step = train.make_train_step(method, config, mesh, tx, schedule)
+  for _ in range(2):   # two steps: the second uses the first's BN statistics and momentum
+    state, metrics = step(state, parallel.to_global(batch, mesh))
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.fixture(scope="module")
+def runs():
+  config = tiny_config()
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8),
+           "label": np.zeros(16, np.int32), "index": np.arange(16, dtype=np.int32)}
+  assert jax.device_count() == 8
+  return one_step(config, jax.devices()[:1], batch), one_step(config, jax.devices(), batch)
+
+
+def test_loss_and_metrics_equal(runs):
+  (_, m1), (_, m8) = runs
+  for key in ("loss", "grad_norm", "embedding_std"):
+    np.testing.assert_allclose(m8[key], m1[key], rtol=2e-5, err_msg=key)
+
+
+def test_params_equal_after_two_steps(runs):
+  (s1, _), (s8, _) = runs
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s1.params, s8.params)
+  assert max(jax.tree.leaves(moved)) < 5e-5
+  # ...and the step really changed the weights.
+  init = train.create_state(methods.get("simclr"), tiny_config(),
+                            optim.make_optimizer(tiny_config().optimizer, 0.1),
+                            jax.random.key(0))
+  delta = jax.tree.map(lambda a, b: np.abs(a - b).max(), init.params, s1.params)
+  assert max(jax.tree.leaves(delta)) > 1e-4
+
+
+def test_global_batch_norm_statistics_equal(runs):
+  (s1, _), (s8, _) = runs
+  for a, b in zip(jax.tree.leaves(s1.batch_stats), jax.tree.leaves(s8.batch_stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert int(s1.step) == int(s8.step) == 2
