@@ -5,3 +5,16 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+import pytest  # noqa: E402  (after XLA_FLAGS is set)
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+  """For modules of tiny steps, where XLA's optimisation passes would dominate run time."""
+  import jax  # pylint: disable=import-outside-toplevel
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

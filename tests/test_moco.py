@@ -19,13 +19,7 @@ from test_main import run_cli
 BATCH = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-  """The steps here are tiny; XLA's optimisation passes would dominate their run time."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 # ---------------------------------------------------------------------------- loss
