@@ -59,3 +59,9 @@ def info_nce_queue(q: jax.Array, k: jax.Array, queue: jax.Array,
 def normalized_mse(p: jax.Array, z: jax.Array) -> jax.Array:
   """BYOL's per-row regression loss |p/|p| - z/|z||^2 = 2 - 2 cos(p, z), in [0, 4]."""
   return 2.0 - 2.0 * jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1)
+
+
+def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
+  """SimSiam's D(p, z) = -cos(p, sg(z)), averaged over the batch; -1 when aligned."""
+  z = jax.lax.stop_gradient(z)
+  return -jnp.mean(jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1))

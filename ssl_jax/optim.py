@@ -83,7 +83,16 @@ def skip_frozen(tx) -> optax.GradientTransformation:
 
 
 def make_optimizer(opt_config, schedule) -> optax.GradientTransformation:
-  return skip_frozen(_make_optimizer(opt_config, schedule))
+  fixed = opt_config.get("fixed_lr_module", "")
+  if not fixed:
+    return skip_frozen(_make_optimizer(opt_config, schedule))
+  # SimSiam's --fix-pred-lr: the named top-level module keeps the initial lr while the rest
+  # follows the schedule (SimSiam has no warmup, so the initial lr is the peak).
+  constant = float(schedule(0)) if callable(schedule) else schedule
+  label = lambda params: {k: "fixed" if k == fixed else "scheduled" for k in params}  # noqa: E731
+  return skip_frozen(optax.multi_transform(
+      {"fixed": _make_optimizer(opt_config, constant),
+       "scheduled": _make_optimizer(opt_config, schedule)}, label))
 
 
 def _make_optimizer(opt_config, schedule) -> optax.GradientTransformation:

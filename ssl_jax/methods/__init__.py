@@ -11,7 +11,7 @@ import importlib
 
 from ssl_jax.errors import ConfigError
 
-NAMES = ("simclr", "moco", "byol", "moco_v3")
+NAMES = ("simclr", "moco", "byol", "moco_v3", "simsiam")
 
 
 def get(name: str):

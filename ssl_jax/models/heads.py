@@ -20,6 +20,7 @@ class ProjectionHead(nn.Module):
   out_dim: int = 128
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  out_scale: bool = True            # SimSiam's output BN has no affine parameters at all
 
   @nn.compact
   def __call__(self, h, train: bool = True):
@@ -29,7 +30,8 @@ class ProjectionHead(nn.Module):
       last = i == self.num_layers - 1
       h = nn.Dense(self.out_dim if last else hidden, use_bias=False, dtype=self.dtype,
                    param_dtype=jnp.float32)(h)
-      h = batch_norm(train, self.axis_name, self.dtype, use_bias=not last)(h)
+      h = batch_norm(train, self.axis_name, self.dtype, use_bias=not last,
+                     use_scale=self.out_scale or not last)(h)
       if not last:
         h = nn.relu(h)
       outputs.append(h.astype(jnp.float32))

@@ -38,11 +38,12 @@ class Conv(nn.Module):
                    dtype=self.dtype, param_dtype=jnp.float32)(x)
 
 
-def batch_norm(train, axis_name, dtype, zero_init=False, use_bias=True, name=None):
+def batch_norm(train, axis_name, dtype, zero_init=False, use_bias=True, name=None,
+               use_scale=True):
   """BN with SimCLR's decay 0.9 and eps 1e-5; global over `axis_name` while training."""
   return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                       axis_name=axis_name if train else None, dtype=dtype,
-                      param_dtype=jnp.float32, use_bias=use_bias, name=name,
+                      param_dtype=jnp.float32, use_bias=use_bias, use_scale=use_scale, name=name,
                       scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones)
 
 

@@ -1,0 +1,64 @@
+"""SimSiam (Chen & He 2020), following facebookresearch/simsiam.
+
+Variants, `--config=configs/simsiam.py:<variant>`:
+  (none)      ImageNet, the README's recommended command: ResNet-50 (zero-init residual),
+              3-layer projector 2048-2048-2048 with BN on every layer (the output BN
+              without affine parameters), predictor 2048 -> 512 (BN, ReLU) -> 2048 (bias, no
+              BN), global BN, batch 512, SGD lr 0.05 x B/256 = 0.1, momentum 0.9, weight
+              decay 1e-4 on every parameter, cosine stepped per epoch, no warmup, the
+              predictor's lr held fixed (--fix-pred-lr), 100 epochs (68.1% linear); MoCo v2
+              augmentation: crops (0.2, 1), ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8
+              (multiplicative brightness), grayscale 0.2, blur p=0.5, flip.
+  cifar10     The paper's CIFAR-10 setting (App. D, from memory of the paper, not
+              re-checked): ResNet-18 CIFAR stem, 2-layer projector, batch 512, lr 0.03 x
+              B/256, weight decay 5e-4; 200 epochs here (the paper runs 800) for the field's
+              benchmark protocol; no blur at 32 px.
+  quickstart  The bundled 5,000-image CIFAR-10 subset on a 2-core CPU: a narrow ResNet-18
+              (base width 8) with 512-wide heads and a 128-wide predictor bottleneck.
+  smoke       A seconds-long CPU run for tests.
+
+Deviations: ImageNet mean/std normalisation in every variant; blur is the TF-style kernel
+(10% of the side) rather than PIL's radius; the projector's last Linear has no bias (the
+original's is frozen, and the non-affine BN after it removes any bias anyway).
+"""
+import ml_collections
+
+from ssl_jax import config as config_lib
+
+
+def cifar_recipe(c):
+  c.head.update(num_layers=2, hidden_dim=2048, out_dim=2048)
+  c.optimizer.update(base_lr=0.03, weight_decay=5e-4)
+  c.augment.blur_prob = 0.0
+  return c
+
+
+def quickstart_recipe(c):
+  cifar_recipe(c)
+  c.head.update(hidden_dim=512, out_dim=512)
+  c.simsiam.predictor_hidden_dim = 128
+  c.optimizer.update(base_lr=0.06, warmup_epochs=0)   # the preset's warmup is not SimSiam's
+  return c
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.method = "simsiam"
+  c.dataset = "imagenet2012"
+  c.image_size = 224
+  c.batch_size = 512
+  c.num_epochs = 100
+  c.model.update(depth=50, width=1.0, cifar_stem=False)
+  c.head.update(num_layers=3, hidden_dim=2048, out_dim=2048)     # the projector
+  c.optimizer.update(name="sgd", base_lr=0.05, lr_scaling="linear", weight_decay=1e-4,
+                     momentum=0.9, warmup_epochs=0, schedule="cosine_epochs")
+  c.optimizer.fixed_lr_module = "predictor"                      # --fix-pred-lr
+  c.augment.update(crop_scale=(0.2, 1.0), color_prob=0.8, brightness_impl="multiplicative",
+                   gray_prob=0.2, blur_prob=0.5)
+  c.simsiam = ml_collections.ConfigDict(dict(
+      predictor_hidden_dim=512, color_jitter=(0.4, 0.4, 0.4, 0.1)))
+  return config_lib.variant(c, arg, {
+      "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
+      "quickstart": lambda c: quickstart_recipe(config_lib.use_quickstart(c)),
+      "smoke": lambda c: quickstart_recipe(config_lib.use_smoke(c)),
+  })
