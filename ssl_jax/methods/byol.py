@@ -67,10 +67,9 @@ def validate(config, device_count=None):
 def init(rng, config, sample_batch):
   del sample_batch  # shapes come from the config
   online_rng, target_rng = jax.random.split(rng)
-  x = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
-  variables = online(config).init(online_rng, x, train=True)
+  variables = common.init_variables(online(config), online_rng, config)
   # As the original: the target starts from its own random weights, not a copy.
-  target = encoder(config).init(target_rng, x, train=True)
+  target = common.init_variables(encoder(config), target_rng, config)
   return dict(params=variables["params"], batch_stats=variables["batch_stats"],
               method_state=dict(target_params=target["params"],
                                 target_batch_stats=target["batch_stats"]))

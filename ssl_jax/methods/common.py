@@ -41,3 +41,9 @@ def embedding_std(z):
   z = losses.l2_normalize(z)
   variance = parallel.global_mean(z**2) - parallel.global_mean(z)**2
   return jnp.sqrt(jnp.maximum(variance, 0)).mean()
+
+
+def init_variables(net, rng, config, train: bool = True):
+  """`net.init` on a dummy batch of two crops of the config's size (shapes come from it)."""
+  x = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
+  return net.init(rng, x, train=train)

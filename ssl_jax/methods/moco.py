@@ -60,8 +60,7 @@ def validate(config, device_count=None):
 def init(rng, config, sample_batch):
   del sample_batch  # shapes come from the config
   net_rng, queue_rng = jax.random.split(rng)
-  x = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
-  variables = network(config).init(net_rng, x, train=True)
+  variables = common.init_variables(network(config), net_rng, config)
   queue = jax.random.normal(queue_rng, (config.moco.queue_size, config.head.out_dim))
   copy = lambda tree: jax.tree.map(jnp.copy, tree)   # own buffers: the state is donated
   return dict(params=variables["params"], batch_stats=variables["batch_stats"],

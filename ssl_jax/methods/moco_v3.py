@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from ssl_jax import ema, losses, models, parallel
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
+from ssl_jax.methods import common
 from ssl_jax.models.encoder import Encoder
 
 # PyTorch's default Linear init, U(+-1/sqrt(fan_in)), which the original's MLPs keep.
@@ -113,8 +114,7 @@ def views(config) -> list[View]:
 
 def init(rng, config, sample_batch):
   del sample_batch  # shapes come from the config
-  x = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
-  variables = network(config).init(rng, x, train=False)
+  variables = common.init_variables(network(config), rng, config, train=False)
   params, stats = variables["params"], variables["batch_stats"]
   # The momentum encoder starts as a copy of the query encoder.
   copy = lambda tree: jax.tree.map(jnp.array, tree)
@@ -161,9 +161,7 @@ def loss_fn(params, state, batch, rng, step, *, config):
 
   tau = config.loss.temperature
   loss = contrastive_loss(q1, k2, tau) + contrastive_loss(q2, k1, tau)
-  q_norm = losses.l2_normalize(q1)
-  embedding_std = jnp.sqrt(jnp.maximum(
-      parallel.global_mean(q_norm**2) - parallel.global_mean(q_norm)**2, 0)).mean()
+  embedding_std = common.embedding_std(q1)
   return loss, dict(batch_stats=stats, target=dict(params=target, batch_stats=target_stats),
                     metrics=dict(momentum=momentum, embedding_std=embedding_std))
 

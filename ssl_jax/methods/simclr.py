@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from ssl_jax import losses, models, parallel
 from ssl_jax.data.augment import View
+from ssl_jax.methods import common
 from ssl_jax.models.heads import ProjectionHead
 
 
@@ -50,8 +51,7 @@ def views(config) -> list[View]:
 
 def init(rng, config, sample_batch):
   del sample_batch  # shapes come from the config
-  x = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
-  variables = network(config).init(rng, x, train=True)
+  variables = common.init_variables(network(config), rng, config)
   return dict(params=variables["params"], batch_stats=variables["batch_stats"],
               method_state={})
 
@@ -66,11 +66,8 @@ def loss_fn(params, state, batch, rng, step, *, config):
   z = outputs[-1]
   # The official code sums the two directions per image: 2x the paper's normalisation.
   loss = 2.0 * losses.nt_xent(z[:n], z[n:], config.loss.temperature, parallel.AXIS)
-  z_norm = losses.l2_normalize(z)
-  embedding_std = jnp.sqrt(jnp.maximum(
-      parallel.global_mean(z_norm**2) - parallel.global_mean(z_norm)**2, 0)).mean()
   return loss, dict(batch_stats=new_vars["batch_stats"],
-                    metrics=dict(embedding_std=embedding_std))
+                    metrics=dict(embedding_std=common.embedding_std(z)))
 
 
 def update(state, new_params, aux, step, *, config):

@@ -7,7 +7,6 @@ stop-gradient. Loss = -1/2 [cos(p1, sg z2) + cos(p2, sg z1)], minimum -1. BN is 
 """
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from ssl_jax import losses, models, parallel
 from ssl_jax.errors import ConfigError
@@ -58,8 +57,7 @@ def views(config):
 
 def init(rng, config, sample_batch):
   del sample_batch  # shapes come from the config
-  x = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
-  variables = network(config).init(rng, x, train=True)
+  variables = common.init_variables(network(config), rng, config)
   return dict(params=variables["params"], batch_stats=variables["batch_stats"],
               method_state={})
 
