@@ -25,5 +25,5 @@ setup(
         "pillow",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "nbclient", "nbformat", "ipykernel"]},
 )

@@ -16,6 +16,7 @@ import sys
 import threading
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -49,6 +50,25 @@ def _target(state, sharding=None):
                         _saveable(state))
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                       jax.eval_shape(_saveable, state))
+
+
+def _layout(tree) -> dict:
+  """{"params/backbone/...": shape} for every leaf of a state, a target or orbax metadata."""
+  def name(key):
+    return str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key))))
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {"/".join(name(k) for k in path): tuple(leaf.shape) for path, leaf in leaves}
+
+
+def _mismatch(saved: dict, wanted: dict) -> str:
+  """What differs between a checkpoint's layout and this run's ("" when they match)."""
+  for path in wanted:
+    if path not in saved:
+      return f"{path} is not in the checkpoint"
+    if saved[path] != wanted[path]:
+      return f"{path} has shape {saved[path]} there and {wanted[path]} here"
+  extra = sorted(set(saved) - set(wanted))
+  return f"{extra[0]} is in the checkpoint but not in this run" if extra else ""
 
 
 def _io_error(what: str, directory: str, error: Exception) -> OSError:
@@ -85,8 +105,9 @@ class Checkpointer:
         enable_async_checkpointing=ckpt_config.async_save,
         cleanup_tmp_directories=not read_only, create=not read_only, read_only=read_only)
     try:
-      self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                           item_names=("state", "position"))
+      # Handlers named up front: a fresh process can then read a checkpoint's metadata.
+      self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=dict(
+          state=ocp.StandardCheckpointHandler(), position=ocp.JsonCheckpointHandler()))
     except OSError as e:
       raise _io_error("create", self.directory, e) from e
 
@@ -109,6 +130,8 @@ class Checkpointer:
                               position=ocp.args.JsonSave({"step": step, "input_step": step}))
     try:
       self.manager.save(step, args=args, metrics=metrics, force=True)
+    except jax.errors.JaxRuntimeError:   # a failed step or a lost process, not the disk
+      raise
     except Exception as e:  # pylint: disable=broad-except
       raise _io_error("write", self.directory, e) from e
 
@@ -116,6 +139,8 @@ class Checkpointer:
     """Blocks until every started save is on disk."""
     try:
       self.manager.wait_until_finished()
+    except jax.errors.JaxRuntimeError:
+      raise
     except Exception as e:  # pylint: disable=broad-except
       raise _io_error("write", self.directory, e) from e
 
@@ -137,6 +162,17 @@ class Checkpointer:
     """
     target = _target(state, sharding)
     for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        saved = _layout(self.manager.item_metadata(step)["state"])
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
+        continue
+      # A readable checkpoint of another config is the user's, not corrupt: never set aside.
+      mismatch = _mismatch(saved, _layout(target))
+      if mismatch:
+        raise ConfigError(f"the checkpoint of step {step} in {self.directory} was saved by "
+                          f"a different config ({mismatch}); resume with the run's own "
+                          "config (its config.json) or use a new --workdir")
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), position=ocp.args.JsonRestore()))
@@ -165,18 +201,30 @@ class Checkpointer:
 
 class SigtermFlag:
   """Within `with`, SIGTERM (preemption) sets `.received` instead of killing the process,
-  so the loop can save and stop between steps. Outside the main thread it does nothing."""
+  so the loop can save and stop between steps. Outside the main thread it does nothing.
+
+  With several processes, a SIGTERM reaches them at different steps (or only one), so
+  `reached(step)` asks JAX's preemption sync manager, which catches SIGTERM itself and
+  makes every process answer True at the same step."""
 
   def __init__(self):
     self.received = False
     self._previous = None
+    self._synced = False
 
   def _handle(self, signum, frame):
     del signum, frame
     self.received = True
 
+  def reached(self, step: int) -> bool:
+    """Whether to save and stop after `step` (read once per step)."""
+    if self._synced:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.received
+
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    self._synced = jax.process_count() > 1   # jax.distributed.initialize set the manager up
+    if not self._synced and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 

@@ -21,6 +21,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = "quickstart"
   c.data_dir = ""              # TFDS data_dir ("" = TFDS default)
   c.data_image_size = 0        # resize stored images to this side on loading (0 = keep)
+  # "memory": whole split decoded into host memory; "tfdata": streamed through tf.data
+  # (data/pipeline.py); "auto": tf.data for image folders and TFDS names when TensorFlow
+  # is installed, memory for "quickstart" and "packed:".
+  c.input_pipeline = "auto"
   c.train_split = "train"
   c.eval_split = "test"
   c.image_size = 32            # side of the augmented crops fed to the network
@@ -38,11 +42,14 @@ def base_config() -> ml_collections.ConfigDict:
   # finetune_layer: the head layer fine-tuning starts from (0 = backbone output).
   c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=0, out_dim=128,
                                           finetune_layer=0))
-  c.loss = ml_collections.ConfigDict(dict(temperature=0.1))
+  # chunk_size: contrastive logits (NT-Xent, InfoNCE) computed this many rows at a time
+  # per device, so memory is chunk x global batch, not local x global (0 = all at once).
+  c.loss = ml_collections.ConfigDict(dict(temperature=0.1, chunk_size=0))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6, momentum=0.9,
       trust_coefficient=1e-3, warmup_epochs=10.0, schedule="cosine",
-      lr_steps_epochs=()))        # schedule="steps": x0.1 at each of these epochs
+      lr_steps_epochs=(),         # schedule="steps": x0.1 at each of these epochs
+      final_lr=0.0))              # schedule="cosine" ends here (absolute, not scaled)
   c.augment = ml_collections.ConfigDict(dict(
       crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True, color_strength=1.0,
       color_prob=0.8, brightness_impl="additive", gray_prob=0.2, blur_prob=0.5,
@@ -50,7 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       knn_k=200, knn_temperature=0.1, batch_size=500, knn_every_epochs=0, random_init=True,
       # workdir/plots at the end: curves, and a t-SNE of this many eval features (0 = none)
-      plots=True, plot_points=1000))
+      plots=True, plot_points=1000,
+      # the online linear probe on stop-gradient features (ssl_jax/probe.py): SGD lr
+      online_probe=True, probe_lr=0.1))
   c.log_every_steps = 50
   # Checkpoints in workdir/checkpoints: every `every_steps` (0 = only at the end) and at the
   # end; the last `keep` are kept, plus the best by `best_metric` (e.g. "knn_top1", from
@@ -59,7 +68,8 @@ def base_config() -> ml_collections.ConfigDict:
       every_steps=1000, keep=2, best_metric="", best_mode="max", async_save=True))
   # Filled in by train.py from the data set size, for schedules inside methods (EMA
   # momentum, temperature warmup...); leave at 0.
-  c.run = ml_collections.ConfigDict(dict(steps_per_epoch=0, total_steps=0))
+  c.run = ml_collections.ConfigDict(dict(steps_per_epoch=0, total_steps=0,
+                                         num_train_examples=0))   # memory-bank rows
   return c
 
 
@@ -82,6 +92,7 @@ def validate(config, device_count: int | None = None):
          "config.num_epochs and config.num_steps are both 0; set one of them")
   _check(config.dtype in DTYPES, f"config.dtype={config.dtype!r} is unknown; use one of {DTYPES}")
   _check(config.image_size >= 8, f"config.image_size={config.image_size} is too small; use >= 8")
+  _validate_input_pipeline(config)
   if config.model.name == "resnet":
     from ssl_jax.models.resnet import DEPTHS  # pylint: disable=import-outside-toplevel
     _check(config.model.depth in DEPTHS, f"config.model.depth={config.model.depth} is not "
@@ -104,8 +115,20 @@ def validate(config, device_count: int | None = None):
          f"config.head.num_layers={config.head.num_layers}")
   _check(config.eval.knn_k > 0, f"config.eval.knn_k={config.eval.knn_k} must be positive")
   _check(config.log_every_steps > 0, "config.log_every_steps must be positive")
+  _check(config.loss.chunk_size >= 0, f"config.loss.chunk_size={config.loss.chunk_size} "
+         "must be >= 0 (0 = dense logits)")
   if hasattr(method, "validate"):   # the method's own fields (queue length, groups...)
     method.validate(config, device_count)
+
+
+def _validate_input_pipeline(config):
+  from ssl_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  choice = config.get("input_pipeline", "auto")
+  _check(choice in pipeline.PIPELINES, f"config.input_pipeline={choice!r} is unknown; use "
+         f"one of {pipeline.PIPELINES}")
+  _check(choice != "tfdata" or not pipeline.memory_only(config.dataset),
+         f"config.input_pipeline='tfdata' cannot read config.dataset={config.dataset!r}; use "
+         "'memory' or 'auto' for 'quickstart' and 'packed:' data")
 
 
 def _validate_vit(config):

@@ -8,6 +8,7 @@ import re
 import sys
 
 from absl import app, flags
+import jax
 import ml_collections
 from ml_collections import config_flags
 
@@ -17,6 +18,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path.py
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-process runs (see README, "Multi-host training"); Cloud TPU pods, SLURM and Open
+# MPI are detected from the environment, so these are for other launchers.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "",
+                                   "host:port of process 0, for a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0 ... n-1.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
+                                  "A process silent this long is declared dead and the "
+                                  "others stop with an error.")
+_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout_s", 300,
+                                     "How long to wait for every process to connect.")
 
 
 USAGE = "usage: --config=configs/<method>.py[:variant] --workdir=<dir> [--config.<field>=<value>]"
@@ -52,6 +64,18 @@ def parse_flags(argv):
     sys.exit(f"error: {flag_error_message(e)}\n{USAGE}")
 
 
+def start_processes():
+  """Joins the other processes of a multi-process run (before any JAX computation)."""
+  from ssl_jax import distributed  # pylint: disable=import-outside-toplevel
+  try:
+    where = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                   _PROCESS_ID.value, _HEARTBEAT.value, _INIT_TIMEOUT.value)
+  except Exception as e:  # pylint: disable=broad-except
+    sys.exit(f"error: could not start the distributed run: {str(e).splitlines()[0]}")
+  if where != "single process":
+    print(f"Distributed run: {where}.", flush=True)
+
+
 def main(argv):
   del argv
   from ssl_jax import train  # pylint: disable=import-outside-toplevel
@@ -61,14 +85,34 @@ def main(argv):
       config.to_dict()   # raises the loading error
     except Exception as e:  # pylint: disable=broad-except
       sys.exit(f"error: {flag_error_message(e)}\n{USAGE}")
-  print(config)
+  start_processes()
+  chief = jax.process_index() == 0
+  if chief:
+    print(config)
   try:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    if chief:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
     train.train_and_evaluate(config, workdir)
   except (ConfigError, OSError, FloatingPointError) as e:
     sys.exit(f"error: {e}")
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    lost_process_exit(e, workdir)
+
+
+def lost_process_exit(error: Exception, workdir: str):
+  """Ends this process of a multi-process run whose collective failed (another process
+  died or was cut off), without the normal shutdown, which would wait for the lost one."""
+  cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+  print(f"error: process {jax.process_index()} lost contact with the other processes of the "
+        f"distributed run ({cause}); training stopped. Rerun the same command on every host "
+        f"to resume from the last checkpoint in {workdir}/checkpoints.",
+        file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)   # pylint: disable=protected-access
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Optimizers, parameter masks and learning-rate schedules (optax)."""
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,13 +22,18 @@ def scaled_lr(opt_config, global_batch: int) -> float:
 
 
 def lr_schedule(opt_config, global_batch: int, steps_per_epoch: int, total_steps: int):
-  """Linear warmup from 0, then cosine decay to 0 over the remaining steps (per step)."""
+  """Linear warmup from 0, then cosine decay to `final_lr` over the remaining steps (per step).
+
+  `final_lr` is absolute, as SwAV's `--final_lr` and DINO's `--min_lr` are (default 0).
+  """
   peak = scaled_lr(opt_config, global_batch)
   warmup = min(int(round(opt_config.warmup_epochs * steps_per_epoch)), total_steps)
+  final = opt_config.get("final_lr", 0.0)
   if opt_config.schedule == "cosine":
     if warmup == 0:
-      return optax.cosine_decay_schedule(peak, max(total_steps, 1))
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1))
+      return optax.cosine_decay_schedule(peak, max(total_steps, 1), alpha=final / peak)
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
+                                              end_value=final)
   if opt_config.schedule == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
                                  optax.constant_schedule(peak)], [warmup])
@@ -82,20 +88,107 @@ def skip_frozen(tx) -> optax.GradientTransformation:
   return optax.GradientTransformationExtraArgs(tx.init, update)
 
 
-def make_optimizer(opt_config, schedule) -> optax.GradientTransformation:
+def scale_by_larc(trust_coefficient: float, weight_decay: float,
+                  eps: float = 1e-8) -> optax.GradientTransformation:
+  """apex LARC with clip=False, as SwAV wraps SGD: every leaf, biases and BN included,
+  g <- eta |w| / (|g| + wd |w| + eps) * (g + wd w). A leaf whose weight or gradient norm is
+  0 passes unchanged, without decay: a zero gradient then moves nothing, like PyTorch's
+  `grad = None` (SwAV's frozen prototypes)."""
+  def leaf(g, w):
+    w_norm, g_norm = jnp.linalg.norm(w), jnp.linalg.norm(g)
+    trust = trust_coefficient * w_norm / (g_norm + weight_decay * w_norm + eps)
+    return jnp.where((w_norm > 0) & (g_norm > 0), trust * (g + weight_decay * w), g)
+
+  def update(updates, state, params=None):
+    return jax.tree.map(leaf, updates, params), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(opt_config, schedule, total_steps: int = 0) -> optax.GradientTransformation:
+  """`total_steps` sets the horizon of a weight-decay schedule (`weight_decay_end`)."""
   fixed = opt_config.get("fixed_lr_module", "")
   if not fixed:
-    return skip_frozen(_make_optimizer(opt_config, schedule))
+    return skip_frozen(_make_optimizer(opt_config, schedule, total_steps))
   # SimSiam's --fix-pred-lr: the named top-level module keeps the initial lr while the rest
   # follows the schedule (SimSiam has no warmup, so the initial lr is the peak).
   constant = float(schedule(0)) if callable(schedule) else schedule
   label = lambda params: {k: "fixed" if k == fixed else "scheduled" for k in params}  # noqa: E731
   return skip_frozen(optax.multi_transform(
-      {"fixed": _make_optimizer(opt_config, constant),
-       "scheduled": _make_optimizer(opt_config, schedule)}, label))
+      {"fixed": _make_optimizer(opt_config, constant, total_steps),
+       "scheduled": _make_optimizer(opt_config, schedule, total_steps)}, label))
 
 
-def _make_optimizer(opt_config, schedule) -> optax.GradientTransformation:
+def matrix_mask(params):
+  """True for leaves with ndim > 1: DINO's `get_params_groups` (biases and norm parameters,
+  all 1-D, are not decayed; the ViT's class token and position embedding are)."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def decay_mask(opt_config):
+  """Which leaves get weight decay: "kernel" (default: kernel_mask) or "ndim" (matrix_mask)."""
+  rule = opt_config.get("decay_mask", "kernel")
+  if rule not in ("kernel", "ndim"):
+    raise ConfigError(f"config.optimizer.decay_mask={rule!r} is unknown; use 'kernel' or 'ndim'")
+  return kernel_mask if rule == "kernel" else matrix_mask
+
+
+def weight_decay_schedule(opt_config, total_steps: int):
+  """DINO's per-step cosine from `weight_decay` (step 0) to `weight_decay_end` (step T)."""
+  start, end = opt_config.weight_decay, opt_config.weight_decay_end
+  if total_steps < 1:
+    raise ValueError("config.optimizer.weight_decay_end needs make_optimizer(..., total_steps)")
+
+  def schedule(count):
+    progress = jnp.minimum(jnp.asarray(count, jnp.float32) / total_steps, 1.0)
+    return end + 0.5 * (start - end) * (1 + jnp.cos(jnp.pi * progress))
+  return schedule
+
+
+class TorchAdamWState(NamedTuple):
+  count: jax.Array   # steps taken: the weight-decay schedule's clock
+  leaf_steps: Any    # per leaf: steps that had a gradient (Adam's bias correction)
+  mu: Any
+  nu: Any
+
+
+def scale_by_torch_adamw(weight_decay, mask, b1=0.9, b2=0.999, eps=1e-8):
+  """torch.optim.AdamW before the -lr scaling, with PyTorch's per-parameter state.
+
+  A leaf whose whole gradient is zero counts as a parameter without `.grad` (DINO's last
+  layer in its frozen first epoch): no moment update, no step, no weight decay, so after
+  it is unfrozen its first Adam step is bias-corrected as a first step. `weight_decay` is
+  a number or a schedule of the step; `mask(params)` says which leaves it decays.
+  """
+  def init(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return TorchAdamWState(jnp.zeros([], jnp.int32),
+                           jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
+                           zeros, jax.tree.map(jnp.zeros_like, params))
+
+  def update(grads, state, params):
+    wd = weight_decay(state.count) if callable(weight_decay) else weight_decay
+    treedef = jax.tree.structure(grads)
+    flat = [treedef.flatten_up_to(t) for t in
+            (grads, state.leaf_steps, state.mu, state.nu, params, mask(params))]
+
+    def leaf(g, steps, mu, nu, p, decayed):
+      active = jnp.any(g != 0)
+      steps = steps + active.astype(jnp.int32)
+      mu = jnp.where(active, b1 * mu + (1 - b1) * g, mu)
+      nu = jnp.where(active, b2 * nu + (1 - b2) * g * g, nu)
+      t = jnp.maximum(steps, 1).astype(jnp.float32)
+      u = mu / (1 - b1**t) / (jnp.sqrt(nu / (1 - b2**t)) + eps)
+      if decayed:
+        u = u + wd * p
+      return jnp.where(active, u, 0.0).astype(g.dtype), steps, mu, nu
+
+    out = [leaf(*xs) for xs in zip(*flat)]
+    u, steps, mu, nu = (treedef.unflatten([o[i] for o in out]) for i in range(4))
+    return u, TorchAdamWState(state.count + 1, steps, mu, nu)
+  return optax.GradientTransformation(init, update)
+
+
+def _make_optimizer(opt_config, schedule, total_steps: int = 0) -> optax.GradientTransformation:
   name = opt_config.name
   if name == "lars":
     # optax's chain (decay, masked trust ratio, lr, momentum trace) puts the lr inside the
@@ -113,11 +206,23 @@ def _make_optimizer(opt_config, schedule) -> optax.GradientTransformation:
                      kernel_mask),
         optax.trace(decay=opt_config.momentum, nesterov=False),
         optax.scale_by_learning_rate(schedule))
-  if name == "sgd":
-    return optax.chain(optax.add_decayed_weights(opt_config.weight_decay),
+  if name == "larc":
+    # SwAV: apex LARC (clip=False) around SGD: adaptation of every leaf -> momentum -> x(-lr).
+    return optax.chain(
+        scale_by_larc(opt_config.trust_coefficient, opt_config.weight_decay),
+        optax.trace(decay=opt_config.momentum, nesterov=False),
+        optax.scale_by_learning_rate(schedule))
+  if name == "sgd":   # decays every parameter unless the config names a decay_mask
+    mask = decay_mask(opt_config) if "decay_mask" in opt_config else None
+    return optax.chain(optax.add_decayed_weights(opt_config.weight_decay, mask=mask),
                        optax.sgd(schedule, momentum=opt_config.momentum))
+  if name == "adamw" and opt_config.get("weight_decay_end") is not None:   # DINO
+    return optax.chain(
+        scale_by_torch_adamw(weight_decay_schedule(opt_config, total_steps),
+                             decay_mask(opt_config)),
+        optax.scale_by_learning_rate(schedule))
   if name == "adamw":   # decay_all: MoCo v3 decays every parameter, biases and norms too
     mask = None if opt_config.get("decay_all", False) else kernel_mask
     return optax.adamw(schedule, weight_decay=opt_config.weight_decay, mask=mask)
   raise ConfigError(f"config.optimizer.name={name!r} is unknown; use 'lars', 'lars_byol', "
-                    "'sgd' or 'adamw'")
+                    "'larc', 'sgd' or 'adamw'")

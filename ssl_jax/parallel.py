@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 AXIS = "batch"
@@ -42,3 +43,36 @@ def first_row(local_rows: int) -> jax.Array:
 
 def global_mean(x: jax.Array) -> jax.Array:
   return jax.lax.pmean(jnp.mean(x, axis=0), AXIS)
+
+
+# Multi-process: jax.device_put and np.asarray reach only this process's devices, so arrays
+# that every process holds in full go through these instead.
+
+def replicate(tree, mesh):
+  """A pytree of arrays with the same value on every process -> replicated over `mesh`."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+  return jax.tree.map(put, tree)
+
+
+def shard_rows(x: np.ndarray, mesh) -> jax.Array:
+  """`x`, held in full by every process, split by rows over the `batch` axis."""
+  sharding = batch_sharded(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def fetch(x: jax.Array) -> np.ndarray:
+  """The whole of `x` on every process, even when other processes hold some of its rows."""
+  if x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+

@@ -13,3 +13,5 @@ class TrainState:
   opt_state: Any
   method_state: Any      # what the method owns besides params: EMA targets, queues, banks...
   rng: jax.Array         # base key; each step folds in its step number
+  # The online linear probe's {params, opt_state} (ssl_jax/probe.py); {} when it is off.
+  probe: Any = flax.struct.field(default_factory=dict)

@@ -14,27 +14,40 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import checkpoint, config as config_lib
-from ssl_jax import methods, metrics as metrics_lib, optim, parallel
-from ssl_jax.data import augment, loader as loader_lib, sources
+from ssl_jax import checkpoint, config as config_lib, distributed
+from ssl_jax import methods, metrics as metrics_lib, optim, parallel, probe as probe_lib
+from ssl_jax.data import augment, loader as loader_lib, pipeline, sources
 from ssl_jax.errors import ConfigError
-from ssl_jax.evaluate import knn, plots
+from ssl_jax.evaluate import knn, linear, plots
 from ssl_jax.state import TrainState
 
 
-def create_state(method, config, tx, rng) -> TrainState:
+def create_state(method, config, tx, rng, num_classes: int = 0) -> TrainState:
+  """The initial state; with `num_classes`, an online linear probe too (if the config wants)."""
   init_rng, step_rng = jax.random.split(rng)
   variables = method.init(init_rng, config, None)
+  probe = (probe_lib.init(method, config, variables, num_classes)
+           if probe_lib.enabled(config, num_classes) else {})
   return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
                     batch_stats=variables["batch_stats"],
                     opt_state=tx.init(variables["params"]),
-                    method_state=variables["method_state"], rng=step_rng)
+                    method_state=variables["method_state"], rng=step_rng, probe=probe)
+
+
+def init_state(method, config, tx, mesh, num_classes: int = 0) -> TrainState:
+  """create_state from config.seed, compiled as one program (not op by op) and replicated
+  over `mesh`, which spans the devices of every process."""
+  create = functools.partial(create_state, method, config, tx, num_classes=num_classes)
+  return jax.jit(create, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
 
 
 def make_views(batch, rng, views, dtype):
   """Augments this device's images; each example's key depends only on its global row."""
-  n = batch["image"].shape[0]
+  n = batch["index"].shape[0]
   rows = parallel.first_row(n) + jnp.arange(n)
+  if "view0" in batch:   # crops made on the host by tf.data: photometric ops only
+    return [augment.photometric_batch(jax.random.fold_in(rng, i), batch[f"view{i}"], rows,
+                                      view, dtype) for i, view in enumerate(views)]
   return [augment.augment_batch(jax.random.fold_in(rng, i), batch["image"], rows, view, dtype)
           for i, view in enumerate(views)]
 
@@ -55,11 +68,18 @@ def make_train_step(method, config, mesh, tx, schedule):
     # Each device differentiated its own rows' loss (the gathers carry the cross terms),
     # so the mean over devices is the gradient of the global mean loss.
     grads = jax.lax.pmean(grads, parallel.AXIS)
+    if hasattr(method, "adjust_grads"):   # e.g. frozen prototypes, per-tensor clipping
+      grads = method.adjust_grads(grads, state.step, config=config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = update(state.replace(step=state.step + 1, params=params, opt_state=opt_state),
                        params, aux, state.step)
     metrics = dict(aux.get("metrics", {}), loss=loss, grad_norm=optax.tree.norm(grads))
+    if state.probe:   # trained on this step's features, after (and apart from) the encoder
+      probe, probe_metrics = probe_lib.train_step(state.probe, aux["features"],
+                                                  batch["label"], config)
+      new_state = new_state.replace(probe=probe)
+      metrics.update(probe_metrics)
     metrics = jax.lax.pmean(metrics, parallel.AXIS)
     metrics["lr"] = schedule(state.step)
     return new_state, metrics
@@ -67,6 +87,13 @@ def make_train_step(method, config, mesh, tx, schedule):
   step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.AXIS)),
                        out_specs=(P(), P()), check_vma=False)
   return jax.jit(step, donate_argnums=0)
+
+
+def compile_and_sync(train_step, state, batch):
+  """Compiles the step, then waits for every process: one may get here far later
+  (compiling, importing TensorBoard) than gloo waits for a collective (30 s)."""
+  train_step.lower(state, batch).compile()   # the jitted call reuses this executable
+  distributed.barrier("train_step_compiled")
 
 
 def load_data(config):
@@ -82,6 +109,18 @@ def load_data(config):
   return train, test
 
 
+def load_training_data(config, method, mesh):
+  """(train split, eval split, batch loader): through tf.data or host memory, as
+  config.input_pipeline says (data/pipeline.py). The splits serve the kNN evaluation."""
+  if pipeline.use_tfdata(config):
+    return pipeline.load(config, method.views(config), mesh)
+  train, test = load_data(config)
+  if len(train) < config.batch_size:
+    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {len(train)} "
+                      f"training images; use a smaller batch")
+  return train, test, loader_lib.MemoryLoader(train, config.batch_size, config.seed, mesh)
+
+
 def run_knn(method, config, variables, train, test, mesh) -> dict:
   encode = functools.partial(method.encode, config=config)
   extract = functools.partial(knn.extract_features, encode, variables, mesh=mesh,
@@ -90,6 +129,17 @@ def run_knn(method, config, variables, train, test, mesh) -> dict:
                             test.labels, len(train.classes), config.eval.knn_k,
                             config.eval.knn_temperature)
   return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
+
+
+def run_probe(method, config, state, test, mesh) -> dict:
+  """The online probe's accuracy on the eval split ({} when there is no probe)."""
+  if not state.probe:
+    return {}
+  encode = functools.partial(method.encode, config=config)
+  features = knn.extract_features(encode, eval_variables(state), test.images, mesh,
+                                  config.eval.batch_size, config.image_size, normalize=False)
+  result = linear.accuracy(jax.device_get(state.probe["params"]), features, test.labels)
+  return {"online_top1": result["top1"], "online_top5": result["top5"]}
 
 
 def eval_variables(state):
@@ -104,19 +154,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """Pretrains as `config` says, writes metrics and eval.json to `workdir`, returns the eval."""
   config_lib.validate(config, jax.device_count())
   method = methods.get(config.method)
-  train, test = load_data(config)
-  if len(train) < config.batch_size:
-    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {len(train)} "
-                      f"training images; use a smaller batch")
-  os.makedirs(workdir, exist_ok=True)
   mesh = parallel.make_mesh()
-  data = loader_lib.MemoryLoader(train, config.batch_size, config.seed, mesh)
+  train, test, data = load_training_data(config, method, mesh)
+  os.makedirs(workdir, exist_ok=True)
   steps = total_steps(config, data.steps_per_epoch)
-  config.run.update(steps_per_epoch=data.steps_per_epoch, total_steps=steps)
+  config.run.update(steps_per_epoch=data.steps_per_epoch, total_steps=steps,
+                    num_train_examples=len(train))
   schedule = optim.lr_schedule(config.optimizer, config.batch_size, data.steps_per_epoch, steps)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  state = jax.device_put(create_state(method, config, tx, jax.random.key(config.seed)),
-                         parallel.replicated(mesh))
+  tx = optim.make_optimizer(config.optimizer, schedule, total_steps=steps)
+  state = init_state(method, config, tx, mesh, len(train.classes))
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
   state, start = ckpt.restore_latest(state)   # (state, 0) on a fresh workdir
   metrics_lib.drop_after(workdir, start)      # what a killed run logged past its checkpoint
@@ -136,22 +182,29 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step = start
   with checkpoint.SigtermFlag() as sigterm, ckpt:
     for step, batch in enumerate(data.batches(start, steps), start=start + 1):
+      if step == start + 1:
+        compile_and_sync(train_step, state, batch)
       state, metrics = train_step(state, batch)
-      preempted = sigterm.received   # read once: a signal may land anywhere in this step
+      preempted = sigterm.reached(step)   # once: a signal may land anywhere in this step
       monitor_due = knn_every and step % knn_every == 0 and step < steps
       save = (ckpt.should_save(step) or step == steps or preempted or
               (monitor_due and bool(config.checkpoint.best_metric)))
       if step % config.log_every_steps == 0 or save:
         metrics = jax.device_get(metrics)   # the only host sync: log and checkpoint steps
         check_finite(metrics, step, ckpt)   # so that no checkpoint holds a non-finite state
+        if isinstance(data, pipeline.TFDataLoader):   # undecodable files met so far
+          metrics["skipped_files"] = data.skipped
         log.write(step, metrics)
         progress.show(step, metrics)
       monitor = {}
       if monitor_due:
         monitor = run_knn(method, config, eval_variables(state), train, test, mesh)
+        monitor.update(run_probe(method, config, state, test, mesh))
         best_knn = max(best_knn, monitor["knn_top1"])
         log.write(step, {**monitor, "knn_top1_best": best_knn})
-        print(f"step {step}: kNN top-1 {monitor['knn_top1']:.4f} (best {best_knn:.4f})")
+        online = (f", online probe top-1 {monitor['online_top1']:.4f}"
+                  if "online_top1" in monitor else "")
+        print(f"step {step}: kNN top-1 {monitor['knn_top1']:.4f} (best {best_knn:.4f}){online}")
       if save:
         ckpt.save(step, state, {**metrics, **monitor})
       if preempted:
@@ -161,17 +214,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   result = {"step": step, "protocol": "knn", "k": config.eval.knn_k,
             "temperature": config.eval.knn_temperature, "train_images": len(train),
-            "test_images": len(test), "skipped_files": train.skipped + test.skipped}
+            "test_images": len(test)}
   result.update(run_knn(method, config, eval_variables(state), train, test, mesh))
+  result["skipped_files"] = train.skipped + test.skipped   # tf.data: known after a pass
+  result.update(run_probe(method, config, state, test, mesh))
   result["knn_top1_best"] = max(best_knn, result["knn_top1"])
   if config.eval.random_init:  # the same encoder at its initialisation, for comparison
-    init_state = create_state(method, config, tx, jax.random.key(config.seed))
-    baseline = run_knn(method, config, eval_variables(init_state), train, test, mesh)
+    initial = init_state(method, config, tx, mesh)
+    baseline = run_knn(method, config, eval_variables(initial), train, test, mesh)
     result.update({f"{k}_random_init": v for k, v in baseline.items()})
-  log.write(step, {k: v for k, v in result.items() if k.startswith("knn")})
+  log.write(step, {k: v for k, v in result.items() if k.startswith(("knn", "online"))})
   log.close()
   if config.eval.plots:
-    plots.write_at_end(workdir, method, config, eval_variables(state), test, mesh)
+    shown = (test.sample(config.eval.plot_points, config.seed)
+             if isinstance(test, pipeline.EvalSplit) else test)
+    plots.write_at_end(workdir, method, config, eval_variables(state), shown, mesh)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)
@@ -193,10 +250,13 @@ def check_finite(metrics: dict, step: int, ckpt=None):
 
 
 def format_eval(result: dict) -> str:
-  rows = [("kNN top-1", "knn_top1"), ("kNN top-5", "knn_top5")]
-  lines = [f"{'':12s}{'trained':>10s}{'random init':>14s}"]
+  rows = [("kNN top-1", "knn_top1"), ("kNN top-5", "knn_top5"),
+          ("online probe top-1", "online_top1")]
+  lines = [f"{'':20s}{'trained':>10s}{'random init':>14s}"]
   for name, key in rows:
+    if key not in result:
+      continue
     baseline = result.get(f"{key}_random_init")
     shown = f"{100 * baseline:13.2f}%" if baseline is not None else f"{'-':>14s}"
-    lines.append(f"{name:12s}{100 * result[key]:9.2f}%{shown}")
+    lines.append(f"{name:20s}{100 * result[key]:9.2f}%{shown}")
   return "\n".join(lines)

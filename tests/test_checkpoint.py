@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ssl_jax import checkpoint, config as config_lib, parallel
+from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import workdir as workdir_lib
 from ssl_jax.methods import simclr
 from ssl_jax.state import TrainState
@@ -73,7 +74,7 @@ def restore(workdir, read_only=True):
   """The full TrainState of the latest readable checkpoint, replicated on 8 devices."""
   config = workdir_lib.load_config(str(workdir))
   ckpt = checkpoint.Checkpointer(str(workdir), config.checkpoint, read_only=read_only)
-  template = workdir_lib.abstract_state(simclr, config)
+  template = workdir_lib.abstract_state(simclr, config, num_classes=10)
   state, step = ckpt.restore_latest(template, parallel.replicated(parallel.make_mesh()))
   return ckpt, state, step
 
@@ -156,6 +157,20 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(uninterrupted, tmp_
   ckpt.save(latest, state)   # the step can be saved again, as the resumed run will
   ckpt.close()
   assert saved_steps(workdir)[-1] == latest
+
+
+def test_a_checkpoint_of_another_config_is_a_clear_error_and_stays(uninterrupted, tmp_path):
+  workdir = tmp_path / "other"
+  shutil.copytree(uninterrupted, workdir)
+  config = workdir_lib.load_config(str(workdir))
+  config.model.width = 1 / 8   # wider layers than the run that saved the checkpoints
+  ckpt = checkpoint.Checkpointer(str(workdir), config.checkpoint)
+  with pytest.raises(ConfigError, match="saved by a different config .*shape"):
+    ckpt.restore_latest(workdir_lib.abstract_state(simclr, config, num_classes=10),
+                        parallel.replicated(parallel.make_mesh()))
+  ckpt.close()
+  assert saved_steps(workdir) == saved_steps(uninterrupted)
+  assert not os.path.exists(workdir / "checkpoints.corrupt")
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path,

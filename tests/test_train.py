@@ -21,12 +21,12 @@ def tiny_config():
   return c
 
 
-def one_step(config, devices, batch):
+def one_step(config, devices, batch, num_classes=0):
   mesh = parallel.make_mesh(devices)
   method = methods.get(config.method)
   schedule = optim.lr_schedule(config.optimizer, config.batch_size, 10, 100)
   tx = optim.make_optimizer(config.optimizer, schedule)
-  state = jax.device_put(train.create_state(method, config, tx, jax.random.key(0)),
+  state = jax.device_put(train.create_state(method, config, tx, jax.random.key(0), num_classes),
                          parallel.replicated(mesh))
   step = train.make_train_step(method, config, mesh, tx, schedule)
   for _ in range(2):   # two steps: the second uses the first's BN statistics and momentum

@@ -40,30 +40,38 @@ class MemoryLoader:
 
   def batches(self, start_step: int, end_step: int, prefetch: int = 2):
     """Yields global device batches for steps [start_step, end_step), `prefetch` ahead."""
-    q = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
+    host = (self.host_batch(step) for step in range(start_step, end_step))
+    return prefetch_to_device(host, self.mesh, prefetch)
 
-    def produce():
-      try:
-        for step in range(start_step, end_step):
-          if stop.is_set():
-            return
-          q.put(parallel.to_global(self.host_batch(step), self.mesh))
-      except BaseException as e:  # surfaced in the consumer  # pylint: disable=broad-except
-        q.put(e)
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
+def prefetch_to_device(host_batches, mesh, prefetch: int = 2):
+  """Yields `host_batches` (this process's numpy slices) as global device arrays, made on a
+  thread `prefetch` batches ahead, so the next transfer overlaps the current step."""
+  q = queue.Queue(maxsize=prefetch)
+  stop = threading.Event()
+  done = object()
+
+  def produce():
     try:
-      for _ in range(start_step, end_step):
-        item = q.get()
-        if isinstance(item, BaseException):
-          raise item
-        yield item
-    finally:
-      stop.set()
-      while thread.is_alive():  # unblock a producer waiting on a full queue
-        try:
-          q.get_nowait()
-        except queue.Empty:
-          thread.join(0.01)
+      for batch in host_batches:
+        if stop.is_set():
+          return
+        q.put(parallel.to_global(batch, mesh))
+      q.put(done)
+    except BaseException as e:  # surfaced in the consumer  # pylint: disable=broad-except
+      q.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while (item := q.get()) is not done:
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+    while thread.is_alive():  # unblock a producer waiting on a full queue
+      try:
+        q.get_nowait()
+      except queue.Empty:
+        thread.join(0.01)

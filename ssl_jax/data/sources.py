@@ -212,12 +212,20 @@ def _read_bytes(path: str) -> bytes:
     return b""
 
 
-def _load_image_folder(root: str, split: str, image_size: int | None,
-                       where: str) -> ArrayDataset:
+def list_image_folder(root: str, split: str, where: str
+                      ) -> tuple[list[str], list[int], tuple[str, ...]]:
+  """(paths, labels, classes) of one split of an image folder, in a stable order;
+  a missing or empty folder is a one-line ConfigError naming `where`."""
   classes = _class_names(root, where)
   groups = _scan_split(root, split, classes, where)
   paths = [p for _, group in groups for p in group]
   labels = [label for label, group in groups for _ in group]
+  return paths, labels, classes
+
+
+def _load_image_folder(root: str, split: str, image_size: int | None,
+                       where: str) -> ArrayDataset:
+  paths, labels, classes = list_image_folder(root, split, where)
   decoded = _parallel_map(lambda p: _decode(_read_bytes(p), image_size), paths)
   return _assemble(decoded, labels, classes, split, where)
 

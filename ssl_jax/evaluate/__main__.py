@@ -9,6 +9,13 @@ numbers logged during pretraining are the online monitors; these are the offline
           top-1/top-5 on the eval split (see ssl_jax/evaluate/linear.py for the settings)
   export  features (raw backbone outputs) and labels of both splits to workdir/features/
   plots   workdir/plots: curves from metrics.jsonl and a t-SNE of eval features
+  finetune  backbone (SimCLR v2: + head up to config.head.finetune_layer) and a new linear
+          classifier trained end to end on every label (ssl_jax/evaluate/finetune.py)
+  semi    the same on a class-balanced --label_fraction (0.01 or 0.1) of the labels
+  distill semi as teacher, then a student trained on the unlabelled images to match the
+          teacher's softmax at --temperature (ssl_jax/evaluate/distill.py)
+Unset flags take the protocol's defaults; a smoke workdir takes seconds with --epochs=1
+(and --teacher_epochs=1 for distill).
 """
 import sys
 
@@ -19,25 +26,55 @@ from ssl_jax.evaluate import protocols
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
 _PROTOCOL = flags.DEFINE_enum("protocol", "knn", protocols.PROTOCOLS, "Evaluation protocol.")
-_EPOCHS = flags.DEFINE_integer("epochs", 90, "linear: epochs (SimCLR: 90).")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "linear: batch (0 = scaled to the data).")
-_LR = flags.DEFINE_float("base_lr", 0.1, "linear: lr = base_lr x batch / 256.")
-_WD = flags.DEFINE_float("weight_decay", 1e-6, "linear: weight decay of the weights.")
+_EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs; default linear 90, finetune 90, "
+                                "semi 60 at 1% and 30 at 10% labels, distill's student 400.")
+_BATCH = flags.DEFINE_integer("batch_size", 0, "Batch (0 = scaled to the data).")
+_LR = flags.DEFINE_float("base_lr", None, "linear: lr = base_lr x batch / 256 (default "
+                         "0.1); finetune/semi/distill: base_lr x sqrt(batch) (0.005).")
+_WD = flags.DEFINE_float("weight_decay", None, "Weight decay of the weights (default "
+                         "linear 1e-6, fine-tuning 0).")
+_FRACTION = flags.DEFINE_float("label_fraction", 0.01, "semi, distill: labelled share.")
+_LAYER = flags.DEFINE_integer("finetune_layer", -1, "finetune/semi/distill: head layer to "
+                              "start from (0 = backbone; -1 = config.head.finetune_layer).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "distill: softmax temperature.")
+_LABEL_WEIGHT = flags.DEFINE_float("label_weight", 0.0, "distill: weight of the labelled "
+                                   "cross entropy (0 = distillation only).")
+_STUDENT_INIT = flags.DEFINE_string("student_init", "pretrained", "distill: 'pretrained' "
+                                    "(self-distillation) or 'random'.")
+_TEACHER_EPOCHS = flags.DEFINE_integer("teacher_epochs", 0, "distill: epochs of the "
+                                       "teacher's semi fine-tuning (0 = semi's default).")
 flags.mark_flags_as_required(["workdir"])
+
+
+def settings(protocol: str):
+  """The protocol's Settings: the flags given, its own defaults for the rest."""
+  from ssl_jax.evaluate import finetune, linear  # pylint: disable=import-outside-toplevel
+  given = dict(epochs=_EPOCHS.value, batch_size=_BATCH.value, base_lr=_LR.value,
+               weight_decay=_WD.value)
+  given = {k: v for k, v in given.items() if v is not None}
+  if protocol not in finetune.PROTOCOLS:
+    return linear.Settings(**given)
+  return finetune.Settings(**given, label_fraction=_FRACTION.value,
+                           finetune_layer=_LAYER.value, temperature=_TEMPERATURE.value,
+                           label_weight=_LABEL_WEIGHT.value, student_init=_STUDENT_INIT.value,
+                           teacher_epochs=_TEACHER_EPOCHS.value)
 
 
 def main(argv):
   del argv
-  from ssl_jax.evaluate import linear  # pylint: disable=import-outside-toplevel
-  settings = linear.Settings(epochs=_EPOCHS.value, batch_size=_BATCH.value,
-                             base_lr=_LR.value, weight_decay=_WD.value)
   try:
-    result = protocols.evaluate(_WORKDIR.value, _PROTOCOL.value, settings)
+    result = protocols.evaluate(_WORKDIR.value, _PROTOCOL.value, settings(_PROTOCOL.value))
   except (ConfigError, OSError) as e:
     sys.exit(f"error: {e}")
-  shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in result.items())
-  print(f"{_PROTOCOL.value} (offline): {shown}", flush=True)
+  print(f"{_PROTOCOL.value} (offline): {shown(result)}", flush=True)
+
+
+def shown(result: dict, prefix: str = "") -> str:
+  """The entry as `key value` pairs, floats to 4 places, nested ones (distill's teacher)
+  as `teacher.key value`."""
+  return ", ".join(shown(v, f"{prefix}{k}.") if isinstance(v, dict) else
+                   f"{prefix}{k} {v:.4f}" if isinstance(v, float) else f"{prefix}{k} {v}"
+                   for k, v in result.items())
 
 
 if __name__ == "__main__":

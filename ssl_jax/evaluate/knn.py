@@ -20,10 +20,10 @@ def preprocess(images: jax.Array, image_size: int) -> jax.Array:
   return x
 
 
-def extract_features(encode, variables, images: np.ndarray, mesh, batch_size: int,
-                     image_size: int, normalize: bool = True) -> np.ndarray:
-  """Features (L2-normalised unless `normalize` is False) of `images` (N, H, W, 3) uint8,
-  computed batch-sharded."""
+def extract_features(encode, variables, images, mesh, batch_size: int, image_size: int,
+                     normalize: bool = True) -> np.ndarray:
+  """Features (L2-normalised unless `normalize` is False), computed batch-sharded, of
+  `images`: uint8 (N, H, W, 3), or an iterable of such batches (e.g. read by tf.data)."""
   devices = mesh.devices.size
   batch_size = max(devices, batch_size // devices * devices)
 
@@ -32,16 +32,23 @@ def extract_features(encode, variables, images: np.ndarray, mesh, batch_size: in
     f = encode(variables, preprocess(x, image_size))
     return losses.l2_normalize(f) if normalize else f
 
-  sharding = parallel.batch_sharded(mesh)
   out = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
+  for chunk in _chunks(images, batch_size):
     pad = batch_size - len(chunk)
-    if pad:
+    if pad:   # one compiled shape for every chunk
       chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    f = features(variables, jax.device_put(chunk, sharding))
-    out.append(np.asarray(f)[:batch_size - pad])
+    f = features(variables, parallel.shard_rows(chunk, mesh))
+    out.append(parallel.fetch(f)[:batch_size - pad])
   return np.concatenate(out)
+
+
+def _chunks(images, batch_size: int):
+  """Slices of at most `batch_size` rows of an array or of each batch of an iterable."""
+  batches = [images] if hasattr(images, "shape") else images
+  for batch in batches:
+    batch = np.asarray(batch)
+    for start in range(0, len(batch), batch_size):
+      yield batch[start:start + batch_size]
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k"))

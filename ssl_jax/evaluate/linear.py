@@ -85,13 +85,12 @@ def fit(featurize, variables, inputs: np.ndarray, labels: np.ndarray, num_classe
     updates, opt_state = tx.update(grads, opt_state, classifier)
     return optax.apply_updates(classifier, updates), opt_state, loss
 
-  sharding = parallel.batch_sharded(mesh)
   order = np.random.default_rng(settings.seed)
   for epoch in range(settings.epochs):
     perm = order.permutation(len(inputs))
     for i in range(steps_per_epoch):
       idx = np.sort(perm[i * batch:(i + 1) * batch])
-      x, y = (jax.device_put(a[idx], sharding) for a in (inputs, labels))
+      x, y = (parallel.shard_rows(a[idx], mesh) for a in (inputs, labels))
       classifier, opt_state, _ = step(classifier, opt_state, variables, x, y,
                                       jax.random.fold_in(key, epoch * steps_per_epoch + i))
   return jax.device_get(classifier)
@@ -99,8 +98,12 @@ def fit(featurize, variables, inputs: np.ndarray, labels: np.ndarray, num_classe
 
 def accuracy(classifier, features: np.ndarray, labels: np.ndarray) -> dict:
   """Top-1 and top-5 (fractions) of the classifier on precomputed features."""
-  scores = np.asarray(logits(classifier, np.asarray(features, np.float32)))
-  ranked = np.argsort(-scores, axis=1)
+  return top_k_accuracy(logits(classifier, np.asarray(features, np.float32)), labels)
+
+
+def top_k_accuracy(scores, labels: np.ndarray) -> dict:
+  """Top-1 and top-5 (fractions) of class scores (N, classes) against labels (N,)."""
+  ranked = np.argsort(-np.asarray(scores), axis=1)
   labels = np.asarray(labels)[:, None]
   return {"top1": float((ranked[:, :1] == labels).mean()),
           "top5": float((ranked[:, :5] == labels).any(axis=1).mean())}

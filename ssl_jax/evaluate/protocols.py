@@ -5,9 +5,9 @@ import numpy as np
 
 from ssl_jax import train
 from ssl_jax.errors import ConfigError
-from ssl_jax.evaluate import knn, linear, plots, workdir as workdir_lib
+from ssl_jax.evaluate import distill, finetune, knn, linear, plots, workdir as workdir_lib
 
-PROTOCOLS = ("knn", "linear", "export", "plots")
+PROTOCOLS = ("knn", "linear", "export", "plots") + finetune.PROTOCOLS
 
 
 def features(run, images, normalize: bool):
@@ -55,11 +55,18 @@ def evaluate(workdir: str, protocol: str, settings=None) -> dict:
   """Runs `protocol` on `workdir`; returns its entry (also merged into eval.json)."""
   if protocol not in PROTOCOLS:
     raise ConfigError(f"--protocol={protocol!r} is unknown; use one of {', '.join(PROTOCOLS)}")
+  if protocol in finetune.PROTOCOLS:   # flags are checked before the run is loaded
+    settings = settings or finetune.Settings()
+    finetune.validate_settings(settings)
   run = workdir_lib.load_run(workdir)
   if protocol == "knn":
     result = evaluate_knn(run)
   elif protocol == "linear":
     result = evaluate_linear(run, settings or linear.Settings())
+  elif protocol == "distill":
+    result = distill.evaluate(run, settings)
+  elif protocol in finetune.PROTOCOLS:
+    result = finetune.evaluate(run, protocol, settings)
   elif protocol == "export":
     result = export(run, workdir)
   else:

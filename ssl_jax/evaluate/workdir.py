@@ -47,10 +47,11 @@ class Run:
     return self.method.encode(variables, images, self.config)
 
 
-def abstract_state(method, config):
+def abstract_state(method, config, num_classes: int):
   """The TrainState's shapes and dtypes; the optimizer's schedule does not change them."""
   tx = optim.make_optimizer(config.optimizer, optax.constant_schedule(0.0))
-  return jax.eval_shape(lambda: train.create_state(method, config, tx, jax.random.key(0)))
+  return jax.eval_shape(lambda: train.create_state(method, config, tx, jax.random.key(0),
+                                                   num_classes))
 
 
 def load_run(workdir: str, mesh=None) -> Run:
@@ -60,10 +61,11 @@ def load_run(workdir: str, mesh=None) -> Run:
   train_data, test_data = train.load_data(config)
   steps_per_epoch = max(len(train_data) // config.batch_size, 1)
   config.run.update(steps_per_epoch=steps_per_epoch,
-                    total_steps=train.total_steps(config, steps_per_epoch))
+                    total_steps=train.total_steps(config, steps_per_epoch),
+                    num_train_examples=len(train_data))   # memory-bank shapes
   mesh = mesh or parallel.make_mesh()
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  state, step = ckpt.restore_latest(abstract_state(method, config),
+  state, step = ckpt.restore_latest(abstract_state(method, config, len(train_data.classes)),
                                     sharding=parallel.replicated(mesh))
   ckpt.close()
   if not step:

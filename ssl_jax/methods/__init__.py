@@ -6,12 +6,20 @@ Every method module exposes pure functions (see ../shared/docs/DESIGN.md):
   loss_fn(params, state, batch, rng, step) -> (loss, aux)   per-device, inside shard_map
   update(state, new_params, aux, step) -> state   EMA, queues, banks, BN statistics
   encode(variables, images, config) -> features   frozen backbone features for evaluation
+and optionally
+  validate(config, device_count)                  one-line ConfigErrors for its own fields
+  adjust_grads(grads, step, *, config) -> grads   after the cross-device mean, before the
+                                                  optimizer (gradient clipping, freezing)
+loss_fn's aux holds "metrics" (scalars, averaged over devices), "features" (this
+device's stop-gradient backbone features of the first view, for the online linear probe)
+and whatever `update` needs.
 """
 import importlib
 
 from ssl_jax.errors import ConfigError
 
-NAMES = ("simclr", "moco", "byol", "moco_v3", "simsiam")
+NAMES = ("simclr", "moco", "byol", "moco_v3", "simsiam", "invaspread", "cpc", "swav", "dino",
+         "instdisc", "cmc")
 
 
 def get(name: str):

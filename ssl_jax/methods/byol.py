@@ -92,19 +92,21 @@ def loss_fn(params, state, batch, rng, step, *, config):
   online_net, target_net = online(config, parallel.AXIS), encoder(config, parallel.AXIS)
   target_params = jax.lax.stop_gradient(ms["target_params"])
   stats, target_stats = state.batch_stats, ms["target_batch_stats"]
-  predictions, targets = [], []
+  predictions, targets, features = [], [], []
   for x in batch["views"]:   # one forward per view: each view is its own BN batch
-    (_, z, p), new = online_net.apply({"params": params, "batch_stats": stats}, x,
+    (h, z, p), new = online_net.apply({"params": params, "batch_stats": stats}, x,
                                       train=True, mutable=["batch_stats"])
     (_, z_target), new_target = target_net.apply(
         {"params": target_params, "batch_stats": target_stats}, x, train=True,
         mutable=["batch_stats"])
     stats, target_stats = new["batch_stats"], new_target["batch_stats"]
     predictions.append(p)
+    features.append(h)
     targets.append(jax.lax.stop_gradient(z_target))
   loss = symmetric_loss(predictions, targets)
   metrics = dict(ema_momentum=momentum(step, config), embedding_std=common.embedding_std(z))
-  return loss, dict(batch_stats=stats, target_batch_stats=target_stats, metrics=metrics)
+  return loss, dict(batch_stats=stats, target_batch_stats=target_stats, features=features[0],
+                    metrics=metrics)
 
 
 def update(state, new_params, aux, step, *, config):

@@ -123,25 +123,27 @@ def loss_fn(params, state, batch, rng, step, *, config):
   pairs = [(view_a, view_b), (view_b, view_a)] if symmetric else [(view_a, view_b)]
   stats, key_stats = state.batch_stats, ms["key_batch_stats"]
   key_params = jax.lax.stop_gradient(ms["key_params"])
-  loss, pushed, positives = 0.0, [], []
+  loss, pushed, positives, features = 0.0, [], [], []
   for i, (x_q, x_k) in enumerate(pairs):
-    (_, q), stats = common.in_groups(apply_fn(config, params, stats), x_q,
+    (h, q), stats = common.in_groups(apply_fn(config, params, stats), x_q,
                                      config.moco.bn_groups)
     keys_all, key_stats = key_forward(config, key_params, key_stats, x_k,
                                       jax.random.fold_in(shuffle_rng, i))
     keys_all = jax.lax.stop_gradient(keys_all)
     n = x_k.shape[0]
     k = jax.lax.dynamic_slice_in_dim(keys_all, parallel.first_row(n), n)
-    loss += losses.info_nce_queue(q, k, ms["queue"], config.loss.temperature).mean()
+    loss += losses.info_nce_queue(q, k, ms["queue"], config.loss.temperature,
+                                  config.loss.chunk_size).mean()
     positives.append(jnp.sum(losses.l2_normalize(q) * k, -1).mean())
     pushed.append(keys_all)
+    features.append(h)
   # Per-device BN leaves each device its own running statistics; keep their mean (the
   # original keeps rank 0's), so the state stays replicated.
   mean_stats = lambda tree: jax.lax.pmean(tree, parallel.AXIS)
   metrics = dict(embedding_std=common.embedding_std(q), positive_sim=sum(positives) / len(pairs))
   # Symmetric: the demo pushes the keys of view 1, then those of view 2.
   return loss, dict(batch_stats=mean_stats(stats), key_batch_stats=mean_stats(key_stats),
-                    keys=jnp.concatenate(pushed[::-1]), metrics=metrics)
+                    keys=jnp.concatenate(pushed[::-1]), features=features[0], metrics=metrics)
 
 
 def update(state, new_params, aux, step, *, config):

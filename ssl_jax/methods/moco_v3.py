@@ -65,8 +65,8 @@ class Network(nn.Module):
   predictor: MLP
 
   def __call__(self, x, train: bool = True):
-    _, z = self.encoder(x, train=train)
-    return self.predictor(z, train=train)
+    h, z = self.encoder(x, train=train)
+    return h, self.predictor(z, train=train)
 
   def features(self, x):
     return self.encoder.features(x)
@@ -123,19 +123,20 @@ def init(rng, config, sample_batch):
                                 batch_stats=copy(stats["encoder"])))
 
 
-def contrastive_loss(q, k, temperature: float, axis_name: str | None = parallel.AXIS):
+def contrastive_loss(q, k, temperature: float, axis_name: str | None = parallel.AXIS,
+                     chunk_size: int = 0):
   """ctr(q, k): mean over this device's rows of CE(q . k_all / tau, own row), times 2 tau.
 
   k is normalised and gathered from every device without gradient; the label of local row
   i is its global row. With `axis_name` None the batch is the whole (single-device) batch.
+  `chunk_size` > 0 computes the logits that many rows at a time (losses.blockwise).
   """
   q = losses.l2_normalize(q)
   k = jax.lax.stop_gradient(losses.l2_normalize(k))
   rows = jnp.arange(q.shape[0])
   if axis_name:
     k, rows = parallel.gather(k), parallel.first_row(q.shape[0]) + rows
-  logits = q @ k.T / temperature
-  return 2.0 * temperature * jnp.mean(losses.cross_entropy(logits, rows))
+  return 2.0 * temperature * jnp.mean(losses.info_nce(q, k, rows, temperature, chunk_size))
 
 
 def _run(module, params, stats, x, rng):
@@ -149,8 +150,8 @@ def loss_fn(params, state, batch, rng, step, *, config):
   x1, x2 = batch["views"]
   rngs = jax.random.split(rng, 4)   # drop path, per forward
   query_net = network(config, parallel.AXIS)
-  q1, stats = _run(query_net, params, state.batch_stats, x1, rngs[0])
-  q2, stats = _run(query_net, params, stats, x2, rngs[1])
+  (h1, q1), stats = _run(query_net, params, state.batch_stats, x1, rngs[0])
+  (_, q2), stats = _run(query_net, params, stats, x2, rngs[1])
 
   momentum = ema.cosine_momentum(step, config.run.total_steps, config.momentum.base,
                                  config.momentum.final)
@@ -160,9 +161,12 @@ def loss_fn(params, state, batch, rng, step, *, config):
   (_, k2), target_stats = _run(key_net, target, target_stats, x2, rngs[3])
 
   tau = config.loss.temperature
-  loss = contrastive_loss(q1, k2, tau) + contrastive_loss(q2, k1, tau)
+  chunk = config.loss.chunk_size
+  loss = (contrastive_loss(q1, k2, tau, chunk_size=chunk) +
+          contrastive_loss(q2, k1, tau, chunk_size=chunk))
   embedding_std = common.embedding_std(q1)
   return loss, dict(batch_stats=stats, target=dict(params=target, batch_stats=target_stats),
+                    features=h1,
                     metrics=dict(momentum=momentum, embedding_std=embedding_std))
 
 

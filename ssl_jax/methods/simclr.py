@@ -65,8 +65,9 @@ def loss_fn(params, state, batch, rng, step, *, config):
       jnp.concatenate([view_a, view_b]), train=True, mutable=["batch_stats"])
   z = outputs[-1]
   # The official code sums the two directions per image: 2x the paper's normalisation.
-  loss = 2.0 * losses.nt_xent(z[:n], z[n:], config.loss.temperature, parallel.AXIS)
-  return loss, dict(batch_stats=new_vars["batch_stats"],
+  loss = 2.0 * losses.nt_xent(z[:n], z[n:], config.loss.temperature, parallel.AXIS,
+                             config.loss.chunk_size)
+  return loss, dict(batch_stats=new_vars["batch_stats"], features=outputs[0][:n],
                     metrics=dict(embedding_std=common.embedding_std(z)))
 
 

@@ -21,9 +21,9 @@ class Network(nn.Module):
   predictor: MLPHead
 
   def __call__(self, x, train: bool = True):
-    _, projections = self.encoder(x, train=train)
+    h, projections = self.encoder(x, train=train)
     z = projections[-1]
-    return z, self.predictor(z, train=train)
+    return h, z, self.predictor(z, train=train)
 
   def features(self, x):
     return self.encoder.features(x)
@@ -75,10 +75,11 @@ def loss_fn(params, state, batch, rng, step, *, config):
                          mutable=["batch_stats"])
     stats = new["batch_stats"]
     outputs.append(out)
-  (z1, p1), (z2, p2) = outputs
+  (h1, z1, p1), (_, z2, p2) = outputs
   # Each device averages its own rows; the step's pmean makes it the global-batch mean.
   loss = symmetric_loss(p1, p2, z1, z2)
-  return loss, dict(batch_stats=stats, metrics=dict(embedding_std=common.embedding_std(z1)))
+  return loss, dict(batch_stats=stats, features=h1,
+                    metrics=dict(embedding_std=common.embedding_std(z1)))
 
 
 def update(state, new_params, aux, step, *, config):

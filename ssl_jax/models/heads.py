@@ -62,3 +62,51 @@ class MLPHead(nn.Module):
     x = nn.Dense(self.out_dim, use_bias=self.out_bias, dtype=self.dtype,
                  param_dtype=jnp.float32)(x)
     return x.astype(jnp.float32)
+
+
+class WeightNormDense(nn.Module):
+  """Linear without bias whose weight is g * v / ||v|| (torch's weight_norm over each
+  output unit's input weights). `learn_scale=False` fixes g at 1 (DINO's norm_last_layer):
+  the outputs are cosines with unit-norm prototypes. g is (1, out) as torch's (out, 1), so
+  DINO's "ndim > 1" weight-decay rule decays it as the original does."""
+  features: int
+  learn_scale: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    # torch's default Linear init, U(+-1/sqrt(fan_in)); only the direction matters.
+    v = self.param("kernel", nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                   (x.shape[-1], self.features), jnp.float32)
+    w = v / jnp.linalg.norm(v, axis=0, keepdims=True)
+    if self.learn_scale:
+      w = w * self.param("scale", nn.initializers.ones, (1, self.features), jnp.float32)
+    return (x.astype(self.dtype) @ w.astype(self.dtype)).astype(jnp.float32)
+
+
+class DINOHead(nn.Module):
+  """DINO's head: MLP (Linear -> [BN] -> GELU, x num_layers - 1, then Linear to the
+  bottleneck), L2 normalisation, weight-normalised Linear to `out_dim` named last_layer."""
+  out_dim: int = 65536
+  hidden_dim: int = 2048
+  bottleneck_dim: int = 256
+  num_layers: int = 3
+  use_bn: bool = False
+  norm_last_layer: bool = True
+  dtype: Any = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    # torch's trunc_normal_(std=0.02) cuts at +-2 (absolute): a plain normal in effect.
+    dense = lambda width: nn.Dense(width, kernel_init=nn.initializers.normal(0.02),
+                                   dtype=self.dtype, param_dtype=jnp.float32)
+    for _ in range(self.num_layers - 1):
+      x = dense(self.hidden_dim)(x)
+      if self.use_bn:   # torch BatchNorm1d: momentum 0.1, eps 1e-5
+        x = batch_norm(train, self.axis_name, self.dtype)(x)
+      x = nn.gelu(x, approximate=False)
+    x = dense(self.bottleneck_dim)(x).astype(jnp.float32)
+    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # F.normalize
+    return WeightNormDense(self.out_dim, learn_scale=not self.norm_last_layer,
+                           dtype=self.dtype, name="last_layer")(x)

@@ -47,6 +47,16 @@ def batch_norm(train, axis_name, dtype, zero_init=False, use_bias=True, name=Non
                       scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones)
 
 
+def layer_norm(dtype, zero_init=False, use_bias=True, name=None, use_scale=True):
+  """LayerNorm over each example's (H, W, C) with per-channel scale and shift, as TF's
+  layer_norm defaults; CPC v2 uses it in place of BN so patches never share statistics.
+  Same call signature as `batch_norm` (minus train/axis_name), so blocks take either."""
+  return nn.LayerNorm(epsilon=1e-5, reduction_axes=(-3, -2, -1), feature_axes=-1,
+                      dtype=dtype, param_dtype=jnp.float32, use_bias=use_bias,
+                      use_scale=use_scale, name=name,
+                      scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones)
+
+
 class SelectiveKernel(nn.Module):
   """SimCLR v2's SK conv: two 3x3 paths mixed by a softmax over a squeezed global context."""
   features: int
@@ -109,6 +119,7 @@ class ResNet(nn.Module):
   sk_ratio: float = 0.0
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  norm: str = "batch"          # "layer": LayerNorm, no batch statistics (CPC v2)
 
   @property
   def num_features(self) -> int:
@@ -118,7 +129,10 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = True):
     kind, stages = DEPTHS[self.depth]
-    norm = functools.partial(batch_norm, train, self.axis_name, self.dtype)
+    if self.norm == "layer":
+      norm = functools.partial(layer_norm, self.dtype)
+    else:
+      norm = functools.partial(batch_norm, train, self.axis_name, self.dtype)
     x = x.astype(self.dtype)
     base = int(64 * self.width)
     if self.cifar_stem:          # 3x3 stride 1, no max-pool, for 32 px images

@@ -1,0 +1,103 @@
+"""SwAV (Caron et al. 2020): facebookresearch/swav main_swav.py.
+
+Variants, `--config=configs/swav.py:<variant>`:
+  (none)      ImageNet, scripts/swav_800ep_pretrain.sh (75.3% linear): ResNet-50, head
+              Linear(2048, 2048) -> BN -> ReLU -> Linear(2048, 128), L2, 3000 prototypes;
+              multi-crop 2 x 224 px, scale (0.14, 1) + 6 x 96 px, scale (0.05, 0.14); codes
+              for crops 0 and 1, Sinkhorn eps 0.05, 3 iterations, tau 0.1; no queue at batch
+              4096; LARC (trust 0.001, every parameter) around SGD momentum 0.9, wd 1e-6, lr
+              4.8 (hand-set, not scaled), 10 warmup epochs, cosine to 0.0048; prototypes
+              frozen for the first epoch (313 iterations); 800 epochs; global BN. Colour
+              jitter 0.8/0.8/0.8/0.2 with p 0.8 (torchvision, multiplicative brightness),
+              grayscale 0.2, blur p 0.5 sigma U(0.1, 2). The bs-256 recipe
+              (swav_200ep_bs256_pretrain.sh) is --config.batch_size=256
+              --config.optimizer.base_lr=0.6 --config.optimizer.final_lr=0.0006
+              --config.optimizer.warmup_epochs=0 --config.swav.queue_length=3840
+              --config.num_epochs=200 (queue from epoch 15).
+  cifar10     ResNet-18 CIFAR stem, batch 512, 200 epochs, the bs-256 recipe's values (lr
+              0.6 -> 0.0006 unscaled, no warmup, queue from epoch 15, prototypes frozen 1
+              epoch), the queue 3840 rounded down to 3584 (a multiple of the batch, as the
+              original rounds), multi-crop scaled to 32 px: 2 x 32 px, scale (0.14, 1) + 6 x
+              16 px, scale (0.05, 0.14) (16/32 is about 96/224); no blur at 32 px.
+  quickstart  The bundled 5,000-image CIFAR-10 subset on a 2-core CPU, after lightly's
+              CIFAR-10 SwAV benchmark: a narrow ResNet-18 (base width 8), head 64 -> 512 ->
+              128, 100 prototypes (frozen 1 epoch), 2 x 32 px crops only (no small crops),
+              colour strength 0.5, no queue; SGD momentum 0.9, lr 0.12 -> 0 (cosine), wd
+              5e-4 on every parameter; batch 128, 6 epochs; Sinkhorn eps 0.02. With eps 0.05
+              (with or without the small crops, LARC or SGD) the tiny network's scores vary
+              too little across images for the codes to carry a signal: the loss went to
+              ln(num_prototypes) and embedding_std fell within ~10-50 steps (collapse, the
+              README's failure mode). With eps 0.02 the loss drops below ln K at once.
+  smoke       A seconds-long CPU run for tests: 2 x 16 px + 2 x 8 px crops, a queue of 64
+              from step 0, so the queue is filled and then used within the 3 steps.
+
+Deviations: the warmup starts at lr 0 (the 800-epoch script starts at 0.3); BN is global,
+not in groups of 8 GPUs (apex's syncbn_process_group_size); the blur is the TF kernel (10%
+of the side) with sigma U(0.1, 2), not PIL's GaussianBlur radius; the queue is one global
+queue in the replicated state, each device Sinkhorn-ing its slice (the same set of rows as
+the original's per-GPU queues, so the same codes); queue_length must be a multiple of the
+global batch (the original silently rounds it down). As the original, and unlike the
+library's other methods, every BN scale starts at 1 and the head's Linear layers use
+PyTorch's default init (non-zero biases), which matters under LARC (see methods/swav.py).
+"""
+import ml_collections
+
+from ssl_jax import config as config_lib
+
+
+def cifar_recipe(c):
+  c.optimizer.update(base_lr=0.6, final_lr=0.0006, warmup_epochs=0)
+  c.augment.blur_prob = 0.0
+  # 3840 rounded down to a multiple of the batch, as the original does.
+  queue = 3840 // c.batch_size * c.batch_size
+  c.swav.update(small_crop_size=16, queue_length=queue, queue_start_epoch=15)
+  return c
+
+
+def quickstart_recipe(c):
+  """lightly's CIFAR-10 SwAV benchmark, scaled down; the sharper codes (eps 0.02) keep
+  the tiny network from collapsing (see the module docstring)."""
+  cifar_recipe(c)
+  c.batch_size = 128
+  c.num_epochs = 6
+  c.head.hidden_dim = 512
+  c.optimizer.update(name="sgd", base_lr=0.12, lr_scaling="none", final_lr=0.0,
+                     weight_decay=5e-4, warmup_epochs=0)
+  c.augment.color_strength = 0.5
+  c.swav.update(num_prototypes=100, epsilon=0.02, num_small_crops=0, queue_length=0)
+  return c
+
+
+def smoke_recipe(c):
+  cifar_recipe(c)
+  c.head.hidden_dim = 64
+  c.swav.update(num_small_crops=2, small_crop_size=8, num_prototypes=30, queue_length=64,
+                queue_start_epoch=0)
+  return c
+
+
+def get_config(arg=None):
+  c = config_lib.base_config()
+  c.method = "swav"
+  c.dataset = "imagenet2012"
+  c.image_size = 224
+  c.batch_size = 4096
+  c.num_epochs = 800
+  c.model.update(depth=50, width=1.0, cifar_stem=False)
+  c.head.update(num_layers=2, hidden_dim=2048, out_dim=128)
+  c.loss.temperature = 0.1
+  c.optimizer.update(name="larc", base_lr=4.8, lr_scaling="none", final_lr=0.0048,
+                     weight_decay=1e-6, momentum=0.9, trust_coefficient=1e-3,
+                     warmup_epochs=10, schedule="cosine")
+  c.augment.update(crop_scale=(0.14, 1.0), color_strength=1.0, color_prob=0.8,
+                   brightness_impl="multiplicative", gray_prob=0.2, blur_prob=0.5,
+                   solarize_prob=0.0)
+  c.swav = ml_collections.ConfigDict(dict(
+      num_prototypes=3000, epsilon=0.05, sinkhorn_iterations=3, crops_for_assign=(0, 1),
+      num_small_crops=6, small_crop_size=96, small_crop_scale=(0.05, 0.14),
+      queue_length=0, queue_start_epoch=15, freeze_prototypes_epochs=1.0))
+  return config_lib.variant(c, arg, {
+      "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
+      "quickstart": lambda c: quickstart_recipe(config_lib.use_quickstart(c)),
+      "smoke": lambda c: smoke_recipe(config_lib.use_smoke(c)),
+  })
