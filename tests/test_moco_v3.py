@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import test_train
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import config as config_lib, ema, methods, optim, parallel, train
+from ssl_jax import config as config_lib, ema, optim, parallel
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import moco_v3
 
@@ -128,20 +129,8 @@ def tiny_config():
   return config
 
 
-def run_steps(config, devices, batch, steps=2):
-  mesh = parallel.make_mesh(devices)
-  method = methods.get("moco_v3")
-  schedule = optim.lr_schedule(config.optimizer, config.batch_size, 2, 4)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  state = jax.device_put(train.create_state(method, config, tx, jax.random.key(0)),
-                         parallel.replicated(mesh))
-  step = train.make_train_step(method, config, mesh, tx, schedule)
-  states, metrics = [jax.device_get(state)], []
-  for _ in range(steps):
-    state, m = step(state, parallel.to_global(batch, mesh))
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
-  return states, metrics
+def run_steps(config, devices, batch):
+  return test_train.run_steps(config, devices, batch, steps_per_epoch=2, total_steps=4)
 
 
 @pytest.fixture(scope="module")

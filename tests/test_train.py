@@ -21,17 +21,29 @@ def tiny_config():
   return c
 
 
-def one_step(config, devices, batch, num_classes=0):
+def run_steps(config, devices, batch, steps=2, num_classes=0, steps_per_epoch=10,
+              total_steps=100):
+  """The generic step `steps` times on `devices`: ([state before, after 1, ...], [metrics])."""
   mesh = parallel.make_mesh(devices)
   method = methods.get(config.method)
-  schedule = optim.lr_schedule(config.optimizer, config.batch_size, 10, 100)
-  tx = optim.make_optimizer(config.optimizer, schedule)
+  schedule = optim.lr_schedule(config.optimizer, config.batch_size, steps_per_epoch,
+                               total_steps)
+  tx = optim.make_optimizer(config.optimizer, schedule, total_steps=total_steps)
   state = jax.device_put(train.create_state(method, config, tx, jax.random.key(0), num_classes),
                          parallel.replicated(mesh))
   step = train.make_train_step(method, config, mesh, tx, schedule)
-  for _ in range(2):   # two steps: the second uses the first's BN statistics and momentum
-    state, metrics = step(state, parallel.to_global(batch, mesh))
-  return jax.device_get(state), jax.device_get(metrics)
+  states, metrics = [jax.device_get(state)], []
+  for _ in range(steps):
+    state, m = step(state, parallel.to_global(batch, mesh))
+    states.append(jax.device_get(state))
+    metrics.append(jax.device_get(m))
+  return states, metrics
+
+
+def one_step(config, devices, batch, num_classes=0):
+  """Two steps (the second uses the first's BN statistics and momentum): (state, metrics)."""
+  states, metrics = run_steps(config, devices, batch, num_classes=num_classes)
+  return states[-1], metrics[-1]
 
 
 @pytest.fixture(scope="module")
