@@ -57,9 +57,10 @@ GaussianBlur, solarize at 0.5, per-channel-mean contrast, bilinear instead of bi
 resized crops); ImageNet mean/std normalisation happens inside the network; the ViT's
 linear layers keep the library's Xavier init (DINO: truncated normal 0.02), its learned
 position embedding is resized bicubically for 96 px crops (DINO adds 0.1 to the scale
-factor); mixed precision is bfloat16 (the original: fp16). The kNN monitor and evaluation
-read the student's backbone (the original evaluates the teacher). With SGD (resnet50) the
-frozen last layer still gets weight decay in epoch 0, which norm_last_layer makes moot.
+factor); mixed precision is bfloat16 (the original: fp16). The kNN monitor and the evaluation CLI
+read the teacher's backbone, as the original; the online probe (ours) learns from the
+student's. With SGD (resnet50) the frozen last layer still gets weight decay in epoch 0,
+which norm_last_layer makes moot.
 """
 import ml_collections
 

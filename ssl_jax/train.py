@@ -34,11 +34,11 @@ def create_state(method, config, tx, rng, num_classes: int = 0) -> TrainState:
                     method_state=variables["method_state"], rng=step_rng, probe=probe)
 
 
-def init_state(method, config, tx, mesh, num_classes: int = 0) -> TrainState:
-  """create_state from config.seed, compiled as one program (not op by op) and replicated
-  over `mesh`, which spans the devices of every process."""
+def state_initializer(method, config, tx, mesh, num_classes: int = 0):
+  """rng -> create_state(rng), compiled as one program (not op by op) and replicated over
+  `mesh`, which spans the devices of every process. Calling it again reuses the program."""
   create = functools.partial(create_state, method, config, tx, num_classes=num_classes)
-  return jax.jit(create, out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+  return jax.jit(create, out_shardings=parallel.replicated(mesh))
 
 
 def make_views(batch, rng, views, dtype):
@@ -136,14 +136,22 @@ def run_probe(method, config, state, test, mesh) -> dict:
   if not state.probe:
     return {}
   encode = functools.partial(method.encode, config=config)
-  features = knn.extract_features(encode, eval_variables(state), test.images, mesh,
+  # The probe learns from the trained network's features (the student's, for DINO).
+  features = knn.extract_features(encode, online_variables(state), test.images, mesh,
                                   config.eval.batch_size, config.image_size, normalize=False)
   result = linear.accuracy(jax.device_get(state.probe["params"]), features, test.labels)
   return {"online_top1": result["top1"], "online_top5": result["top5"]}
 
 
-def eval_variables(state):
+def online_variables(state):
   return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def eval_variables(method, state):
+  """The weights evaluated: the method's choice (DINO's teacher), else the trained ones."""
+  if hasattr(method, "eval_variables"):
+    return method.eval_variables(state)
+  return online_variables(state)
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -162,7 +170,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                     num_train_examples=len(train))
   schedule = optim.lr_schedule(config.optimizer, config.batch_size, data.steps_per_epoch, steps)
   tx = optim.make_optimizer(config.optimizer, schedule, total_steps=steps)
-  state = init_state(method, config, tx, mesh, len(train.classes))
+  initializer = state_initializer(method, config, tx, mesh, len(train.classes))
+  state = initializer(jax.random.key(config.seed))
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
   state, start = ckpt.restore_latest(state)   # (state, 0) on a fresh workdir
   metrics_lib.drop_after(workdir, start)      # what a killed run logged past its checkpoint
@@ -198,7 +207,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         progress.show(step, metrics)
       monitor = {}
       if monitor_due:
-        monitor = run_knn(method, config, eval_variables(state), train, test, mesh)
+        monitor = run_knn(method, config, eval_variables(method, state), train, test, mesh)
         monitor.update(run_probe(method, config, state, test, mesh))
         best_knn = max(best_knn, monitor["knn_top1"])
         log.write(step, {**monitor, "knn_top1_best": best_knn})
@@ -215,20 +224,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
   result = {"step": step, "protocol": "knn", "k": config.eval.knn_k,
             "temperature": config.eval.knn_temperature, "train_images": len(train),
             "test_images": len(test)}
-  result.update(run_knn(method, config, eval_variables(state), train, test, mesh))
+  result.update(run_knn(method, config, eval_variables(method, state), train, test, mesh))
   result["skipped_files"] = train.skipped + test.skipped   # tf.data: known after a pass
   result.update(run_probe(method, config, state, test, mesh))
   result["knn_top1_best"] = max(best_knn, result["knn_top1"])
   if config.eval.random_init:  # the same encoder at its initialisation, for comparison
-    initial = init_state(method, config, tx, mesh)
-    baseline = run_knn(method, config, eval_variables(initial), train, test, mesh)
+    initial = initializer(jax.random.key(config.seed))
+    baseline = run_knn(method, config, eval_variables(method, initial), train, test, mesh)
     result.update({f"{k}_random_init": v for k, v in baseline.items()})
   log.write(step, {k: v for k, v in result.items() if k.startswith(("knn", "online"))})
   log.close()
   if config.eval.plots:
     shown = (test.sample(config.eval.plot_points, config.seed)
              if isinstance(test, pipeline.EvalSplit) else test)
-    plots.write_at_end(workdir, method, config, eval_variables(state), shown, mesh)
+    plots.write_at_end(workdir, method, config, eval_variables(method, state), shown, mesh)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)

@@ -1,6 +1,5 @@
 """BYOL: the symmetric loss, the target network and its EMA, asymmetric views, LARS with
 the lr outside the momentum, 8 devices vs 1, and the command line."""
-import json
 
 import jax
 import jax.numpy as jnp
@@ -9,10 +8,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import ema, optim, parallel, train
+from ssl_jax import ema, optim, parallel
 from ssl_jax.methods import byol
+import test_train
 from test_config import load
-from test_main import run_cli
+from test_main import smoke_run
 
 BATCH = 16
 
@@ -106,23 +106,10 @@ def tiny_config():
   return c
 
 
-def run_steps(devices, steps=2):
+def run_steps(devices):
   config = tiny_config()
-  mesh = parallel.make_mesh(devices)
-  schedule = optim.lr_schedule(config.optimizer, config.batch_size, 10, 100)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  state = jax.device_put(train.create_state(byol, config, tx, jax.random.key(0)),
-                         parallel.replicated(mesh))
-  step = train.make_train_step(byol, config, mesh, tx, schedule)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (BATCH, 24, 24, 3), dtype=np.uint8),
-           "label": np.zeros(BATCH, np.int32), "index": np.arange(BATCH, dtype=np.int32)}
-  states, metrics = [jax.device_get(state)], []
-  for _ in range(steps):
-    state, m = step(state, parallel.to_global(batch, mesh))
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
-  return config, states, metrics
+  batch = test_train.random_batch(BATCH)
+  return (config, *test_train.run_steps(config, devices, batch))
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +165,6 @@ def test_loss_has_no_gradient_wrt_the_target(runs):
 
 
 def test_smoke_run_through_the_cli(tmp_path):
-  proc = run_cli("--config=configs/byol.py:smoke", f"--workdir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines[:3]] == [1, 2, 3]
-  assert all(0 < l["loss"] <= 8 for l in lines[:3])
+  lines = smoke_run("byol", tmp_path)
+  assert all(l["loss"] <= 8 for l in lines[:3])
   assert lines[0]["ema_momentum"] == pytest.approx(0.97)   # the smoke recipe's base
-  result = json.loads((tmp_path / "eval.json").read_text())
-  assert 0.0 < result["knn_top1"] <= 1.0 and 0.0 < result["knn_top1_random_init"] <= 1.0

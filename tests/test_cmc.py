@@ -9,8 +9,9 @@ from ssl_jax import losses, memory_bank
 from ssl_jax.data import colorspace
 from ssl_jax.methods import cmc
 from test_config import load
+from test_main import smoke_run
 from test_instdisc import (BANK, STEP_INDICES, assert_bank_written, on_devices, run_steps,
-                           smoke_run, step_view, tiny_config)
+                           step_view, tiny_config)
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
@@ -104,8 +105,7 @@ def test_encoders_take_one_and_two_channels_and_features_concatenate():
 def runs():
   assert jax.device_count() == 8
   config = tiny_config("cmc")
-  return config, run_steps(cmc, config, jax.devices()), run_steps(cmc, config,
-                                                                  jax.devices()[:1])
+  return config, run_steps(config, jax.devices()), run_steps(config, jax.devices()[:1])
 
 
 @jax.jit

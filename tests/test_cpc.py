@@ -14,8 +14,8 @@ from ssl_jax.methods import cpc
 from ssl_jax.models import cpc as cpc_models
 from ssl_jax.models.encoder import IMAGENET_MEAN
 from test_config import load
-from test_main import run_cli
-from test_train import one_step
+from test_main import smoke_run
+from test_train import one_step, random_batch
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
@@ -149,9 +149,7 @@ def test_8_devices_equal_1_device():
   config = load("cpc").get_config("smoke")
   config.cpc.directions = 2
   config.optimizer.update(name="sgd", base_lr=0.1, momentum=0.9)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8),
-           "label": np.zeros(16, np.int32), "index": np.arange(16, dtype=np.int32)}
+  batch = random_batch()
   (s1, m1), (s8, m8) = (one_step(config, devices, batch)
                         for devices in (jax.devices()[:1], jax.devices()))
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
@@ -174,7 +172,4 @@ def test_bad_grid_settings_give_one_line(field, value, message):
 
 
 def test_smoke_run_through_the_cli(tmp_path):
-  proc = run_cli("--config=configs/cpc.py:smoke", f"--workdir={tmp_path}",
-                 "--config.eval.plots=False")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "step 3/3" in proc.stdout and "kNN top-1" in proc.stdout
+  smoke_run("cpc", tmp_path)

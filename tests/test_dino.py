@@ -1,9 +1,6 @@
 """DINO: the loss and centre against METHODS.md §13.6, schedules, gradient handling, the
 torch-style AdamW, 8 devices = 1 device, and the smoke config through the CLI."""
-import json
 import math
-import os
-import subprocess
 import sys
 
 import jax
@@ -11,17 +8,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import test_train
+from test_main import smoke_run
+from test_train import max_diff
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import config as config_lib, optim, parallel
+from ssl_jax import config as config_lib, optim, parallel, train
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import dino
 from ssl_jax.models.heads import DINOHead
 
 sys.path.insert(0, "configs")
 import dino as dino_config  # noqa: E402  pylint: disable=wrong-import-position
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 # ----------------------------------------------------------------------------- loss
@@ -228,16 +225,10 @@ def run_steps(config, devices, batch):
 @pytest.fixture(scope="module")
 def runs(fast_compiles):
   del fast_compiles
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8),
-           "label": np.zeros(16, np.int32), "index": np.arange(16, dtype=np.int32)}
+  batch = test_train.random_batch()
   assert jax.device_count() == 8
   config = tiny_config()
   return run_steps(config, jax.devices()[:1], batch), run_steps(config, jax.devices(), batch)
-
-
-def max_diff(a, b):
-  return max(jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b)))
 
 
 def test_eight_devices_equal_one(runs):
@@ -283,17 +274,16 @@ def test_encode_gives_backbone_features(runs):
   assert feats.shape == (3, 32) and feats.dtype == jnp.float32
 
 
+def test_evaluation_reads_the_teacher_and_the_probe_the_student(runs):
+  (states, _), _ = runs
+  state = states[-1]
+  teacher = state.method_state["teacher"]
+  evaluated = train.eval_variables(dino, state)
+  assert evaluated == {"params": teacher["params"], "batch_stats": teacher["batch_stats"]}
+  assert max_diff(evaluated["params"], state.params) > 1e-6   # they differ after the steps
+  assert train.online_variables(state)["params"] is state.params
+
+
 def test_smoke_run_through_the_cli(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "ssl_jax.main",
-                         "--config=configs/dino.py:smoke", f"--workdir={tmp_path}",
-                         "--config.eval.plots=False"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "step 3/3" in proc.stdout
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines[:3]] == [1, 2, 3]
-  assert all(np.isfinite(l["loss"]) and l["loss"] > 0 for l in lines[:3])
+  lines = smoke_run("dino", tmp_path)
   assert lines[0]["teacher_temp"] == pytest.approx(0.04)
-  result = json.loads((tmp_path / "eval.json").read_text())
-  assert 0.0 < result["knn_top1"] <= 1.0 and 0.0 < result["knn_top1_random_init"] <= 1.0

@@ -1,6 +1,5 @@
 """InstDisc and the shared memory bank: NCE test vectors, Z frozen after the first batch,
 negative sampling, bank writes at the gathered indices, 8 devices vs 1, the command line."""
-import json
 
 import jax
 import jax.numpy as jnp
@@ -8,12 +7,13 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import losses, memory_bank, optim, parallel, train
+from ssl_jax import losses, memory_bank, optim, parallel
 from ssl_jax.data import augment
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import instdisc
+import test_train
 from test_config import load
-from test_main import run_cli
+from test_main import smoke_run
 
 BATCH, BANK = 16, 40
 # Dataset indices of the two steps' global batches: 8 rows are written twice.
@@ -155,24 +155,11 @@ def tiny_config(name="instdisc"):
 
 
 def image_batch(step):
-  rng = np.random.default_rng(step)
-  return {"image": rng.integers(0, 256, (BATCH, 24, 24, 3), dtype=np.uint8),
-          "label": np.zeros(BATCH, np.int32), "index": STEP_INDICES[step].astype(np.int32)}
+  return test_train.random_batch(BATCH, seed=step, index=STEP_INDICES[step])
 
 
-def run_steps(method, config, devices, steps=2):
-  mesh = parallel.make_mesh(devices)
-  schedule = optim.lr_schedule(config.optimizer, config.batch_size, 10, 100)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  state = jax.device_put(train.create_state(method, config, tx, jax.random.key(0)),
-                         parallel.replicated(mesh))
-  step = train.make_train_step(method, config, mesh, tx, schedule)
-  states, metrics = [jax.device_get(state)], []
-  for t in range(steps):
-    state, m = step(state, parallel.to_global(image_batch(t), mesh))
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
-  return states, metrics
+def run_steps(config, devices):
+  return test_train.run_steps(config, devices, image_batch)
 
 
 def step_view(state, step, method, config):
@@ -195,8 +182,7 @@ def assert_bank_written(before, after, indices, embeddings, momentum=0.5):
 def runs():
   assert jax.device_count() == 8
   config = tiny_config()
-  return config, run_steps(instdisc, config, jax.devices()), run_steps(
-      instdisc, config, jax.devices()[:1])
+  return config, run_steps(config, jax.devices()), run_steps(config, jax.devices()[:1])
 
 
 @jax.jit
@@ -275,18 +261,6 @@ def test_bad_fields_are_config_errors(field, value, message):
 def test_init_without_the_data_set_size_says_what_to_do():
   with pytest.raises(ConfigError, match="config.run.num_train_examples is 0"):
     instdisc.init(jax.random.key(0), load("instdisc").get_config("smoke"), None)
-
-
-def smoke_run(name, tmp_path):
-  proc = run_cli(f"--config=configs/{name}.py:smoke", f"--workdir={tmp_path}",
-                 "--config.eval.plots=False")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines[:3]] == [1, 2, 3]
-  assert all(np.isfinite(l["loss"]) and l["loss"] > 0 for l in lines[:3])
-  result = json.loads((tmp_path / "eval.json").read_text())
-  assert 0.0 < result["knn_top1"] <= 1.0 and 0.0 < result["knn_top1_random_init"] <= 1.0
-  return lines
 
 
 def test_smoke_run_through_the_cli(tmp_path):

@@ -10,8 +10,8 @@ from jax.sharding import PartitionSpec as P
 from ssl_jax import optim, parallel
 from ssl_jax.methods import invaspread
 from test_config import load
-from test_main import run_cli
-from test_train import one_step
+from test_main import smoke_run
+from test_train import one_step, random_batch
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
@@ -91,9 +91,7 @@ def test_global_negatives_on_8_devices_equal_one_batch():
 def test_8_devices_equal_1_device():
   config = load("invaspread").get_config("smoke")
   config.batch_size = 16
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8),
-           "label": np.zeros(16, np.int32), "index": np.arange(16, dtype=np.int32)}
+  batch = random_batch()
   (s1, m1), (s8, m8) = (one_step(config, devices, batch)
                         for devices in (jax.devices()[:1], jax.devices()))
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
@@ -117,7 +115,4 @@ def test_paper_settings_and_the_schedule_the_code_runs():
 
 
 def test_smoke_run_through_the_cli(tmp_path):
-  proc = run_cli("--config=configs/invaspread.py:smoke", f"--workdir={tmp_path}",
-                 "--config.eval.plots=False")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "step 3/3" in proc.stdout and "kNN top-1" in proc.stdout
+  smoke_run("invaspread", tmp_path)

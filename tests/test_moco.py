@@ -1,6 +1,5 @@
 """MoCo v1/v2: InfoNCE against a queue, the FIFO queue over steps and devices, shuffle and
 split BN, the momentum encoder, schedules, validation and the command line."""
-import json
 
 import flax.linen as nn
 import jax
@@ -9,12 +8,13 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import ema, losses, optim, parallel, train
+from ssl_jax import ema, losses, optim, parallel
 from ssl_jax.data import augment
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import common, moco
+import test_train
 from test_config import load
-from test_main import run_cli
+from test_main import smoke_run
 
 BATCH = 16
 
@@ -151,25 +151,12 @@ def tiny_config(devices):
 
 
 def image_batch():
-  rng = np.random.default_rng(0)
-  return {"image": rng.integers(0, 256, (BATCH, 24, 24, 3), dtype=np.uint8),
-          "label": np.zeros(BATCH, np.int32), "index": np.arange(BATCH, dtype=np.int32)}
+  return test_train.random_batch(BATCH)
 
 
-def run_steps(devices, steps=2):
+def run_steps(devices):
   config = tiny_config(len(devices))
-  mesh = parallel.make_mesh(devices)
-  schedule = optim.lr_schedule(config.optimizer, config.batch_size, 10, 100)
-  tx = optim.make_optimizer(config.optimizer, schedule)
-  state = jax.device_put(train.create_state(moco, config, tx, jax.random.key(0)),
-                         parallel.replicated(mesh))
-  step = train.make_train_step(moco, config, mesh, tx, schedule)
-  states, metrics = [jax.device_get(state)], []
-  for _ in range(steps):
-    state, m = step(state, parallel.to_global(image_batch(), mesh))
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
-  return config, states, metrics
+  return (config, *test_train.run_steps(config, devices, image_batch()))
 
 
 @pytest.fixture(scope="module")
@@ -320,10 +307,4 @@ def test_symmetric_needs_room_for_both_views_keys():
 
 @pytest.mark.parametrize("name", ["moco_v1", "moco_v2"])
 def test_smoke_run_through_the_cli(name, tmp_path):
-  proc = run_cli(f"--config=configs/{name}.py:smoke", f"--workdir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines[:3]] == [1, 2, 3]
-  assert all(np.isfinite(l["loss"]) and l["loss"] > 0 for l in lines[:3])
-  result = json.loads((tmp_path / "eval.json").read_text())
-  assert 0.0 < result["knn_top1"] <= 1.0 and 0.0 < result["knn_top1_random_init"] <= 1.0
+  smoke_run(name, tmp_path)

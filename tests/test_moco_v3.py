@@ -1,8 +1,5 @@
 """MoCo v3: the loss against METHODS.md's values, the momentum encoder, 8 devices = 1 device."""
-import json
 import math
-import os
-import subprocess
 import sys
 
 import jax
@@ -10,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import test_train
+from test_main import smoke_run
+from test_train import max_diff
 from jax.sharding import PartitionSpec as P
 
 from ssl_jax import config as config_lib, ema, optim, parallel
@@ -18,8 +17,6 @@ from ssl_jax.methods import moco_v3
 
 sys.path.insert(0, "configs")
 import moco_v3 as moco_v3_config  # noqa: E402  pylint: disable=wrong-import-position
-
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def symmetric_loss(q1, q2, k1, k2, tau, axis_name=None):
@@ -135,16 +132,10 @@ def run_steps(config, devices, batch):
 
 @pytest.fixture(scope="module")
 def runs():
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8),
-           "label": np.zeros(16, np.int32), "index": np.arange(16, dtype=np.int32)}
+  batch = test_train.random_batch()
   assert jax.device_count() == 8
   config = tiny_config()
   return run_steps(config, jax.devices()[:1], batch), run_steps(config, jax.devices(), batch)
-
-
-def max_diff(a, b):
-  return max(jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b)))
 
 
 def test_eight_devices_equal_one(runs):
@@ -192,18 +183,8 @@ def test_encode_gives_backbone_features():
 
 
 def test_smoke_run_through_the_cli(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-m", "ssl_jax.main",
-                         "--config=configs/moco_v3.py:smoke", f"--workdir={tmp_path}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "step 3/3" in proc.stdout
-  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines[:3]] == [1, 2, 3]
-  assert all(np.isfinite(l["loss"]) and l["loss"] > 0 for l in lines[:3])
+  lines = smoke_run("moco_v3", tmp_path)
   assert lines[0]["momentum"] == pytest.approx(0.99)
-  result = json.loads((tmp_path / "eval.json").read_text())
-  assert 0.0 < result["knn_top1"] <= 1.0 and 0.0 < result["knn_top1_random_init"] <= 1.0
 
 
 def test_config_errors_name_the_field():

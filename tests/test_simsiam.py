@@ -10,8 +10,8 @@ from ssl_jax import optim
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import simsiam
 from test_config import load
-from test_main import run_cli
-from test_train import one_step
+from test_main import smoke_run
+from test_train import one_step, random_batch
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
@@ -69,9 +69,7 @@ def test_warmup_with_a_fixed_predictor_lr_is_rejected():
 def test_8_devices_equal_1_device():
   config = load("simsiam").get_config("smoke")
   config.batch_size = 16
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8),
-           "label": np.zeros(16, np.int32), "index": np.arange(16, dtype=np.int32)}
+  batch = random_batch()
   (s1, m1), (s8, m8) = (one_step(config, devices, batch)
                         for devices in (jax.devices()[:1], jax.devices()))
   np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5, atol=1e-6)
@@ -80,6 +78,4 @@ def test_8_devices_equal_1_device():
 
 
 def test_smoke_run_through_the_cli(tmp_path):
-  proc = run_cli("--config=configs/simsiam.py:smoke", f"--workdir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "step 3/3" in proc.stdout and "kNN top-1" in proc.stdout
+  smoke_run("simsiam", tmp_path)

@@ -14,8 +14,8 @@ from ssl_jax.errors import ConfigError
 from ssl_jax.methods import swav
 from ssl_jax.state import TrainState
 from test_config import load
-from test_main import run_cli
-from test_train import one_step
+from test_main import smoke_run
+from test_train import one_step, random_batch
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
@@ -211,9 +211,7 @@ def runs():
   colour ops, to keep the compile short."""
   config = smoke_config()
   config.augment.update(color_prob=0.0, gray_prob=0.0)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8),
-           "label": np.zeros(16, np.int32), "index": np.arange(16, dtype=np.int32)}
+  batch = random_batch()
   return [one_step(config, devices, batch) for devices in (jax.devices()[:1], jax.devices())]
 
 
@@ -236,6 +234,4 @@ def test_step_normalises_prototypes_and_fills_the_queue(runs):
 
 
 def test_smoke_run_through_the_cli(tmp_path):
-  proc = run_cli("--config=configs/swav.py:smoke", f"--workdir={tmp_path}")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "step 3/3" in proc.stdout and "kNN top-1" in proc.stdout
+  smoke_run("swav", tmp_path)

@@ -21,9 +21,23 @@ def tiny_config():
   return c
 
 
+def random_batch(size=16, seed=0, index=None):
+  """`size` random 24 px images with label 0 and index 0..size-1 (or `index`)."""
+  rng = np.random.default_rng(seed)
+  index = np.arange(size) if index is None else index
+  return {"image": rng.integers(0, 256, (size, 24, 24, 3), dtype=np.uint8),
+          "label": np.zeros(size, np.int32), "index": np.asarray(index, np.int32)}
+
+
+def max_diff(a, b):
+  """The largest absolute difference between two pytrees of arrays."""
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: np.abs(x - y).max(), a, b)))
+
+
 def run_steps(config, devices, batch, steps=2, num_classes=0, steps_per_epoch=10,
               total_steps=100):
-  """The generic step `steps` times on `devices`: ([state before, after 1, ...], [metrics])."""
+  """The generic step `steps` times on `devices`: ([state before, after 1, ...], [metrics]).
+  `batch` is one batch for every step, or a function of the step (0, 1, ...)."""
   mesh = parallel.make_mesh(devices)
   method = methods.get(config.method)
   schedule = optim.lr_schedule(config.optimizer, config.batch_size, steps_per_epoch,
@@ -33,8 +47,8 @@ def run_steps(config, devices, batch, steps=2, num_classes=0, steps_per_epoch=10
                          parallel.replicated(mesh))
   step = train.make_train_step(method, config, mesh, tx, schedule)
   states, metrics = [jax.device_get(state)], []
-  for _ in range(steps):
-    state, m = step(state, parallel.to_global(batch, mesh))
+  for t in range(steps):
+    state, m = step(state, parallel.to_global(batch(t) if callable(batch) else batch, mesh))
     states.append(jax.device_get(state))
     metrics.append(jax.device_get(m))
   return states, metrics
@@ -49,9 +63,7 @@ def one_step(config, devices, batch, num_classes=0):
 @pytest.fixture(scope="module")
 def runs():
   config = tiny_config()
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8),
-           "label": np.zeros(16, np.int32), "index": np.arange(16, dtype=np.int32)}
+  batch = random_batch()
   assert jax.device_count() == 8
   return one_step(config, jax.devices()[:1], batch), one_step(config, jax.devices(), batch)
 

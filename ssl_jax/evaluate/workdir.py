@@ -37,7 +37,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 class Run:
   config: ml_collections.ConfigDict
   method: object
-  variables: dict      # {"params", "batch_stats"} of the pretrained network
+  variables: dict      # {"params", "batch_stats"} evaluated (train.eval_variables)
   step: int
   train: object        # sources.ArrayDataset
   test: object
@@ -70,7 +70,8 @@ def load_run(workdir: str, mesh=None) -> Run:
   ckpt.close()
   if not step:
     raise ConfigError(f"--workdir={workdir} has no readable checkpoint in {ckpt.directory}")
-  return Run(config, method, train.eval_variables(state), step, train_data, test_data, mesh)
+  return Run(config, method, train.eval_variables(method, state), step, train_data, test_data,
+             mesh)
 
 
 def write_result(workdir: str, protocol: str, result: dict) -> dict:

@@ -10,6 +10,9 @@ and optionally
   validate(config, device_count)                  one-line ConfigErrors for its own fields
   adjust_grads(grads, step, *, config) -> grads   after the cross-device mean, before the
                                                   optimizer (gradient clipping, freezing)
+  eval_variables(state) -> variables              the weights that kNN, linear evaluation
+                                                  and fine-tuning use (default: the trained
+                                                  params; DINO: its teacher)
 loss_fn's aux holds "metrics" (scalars, averaged over devices), "features" (this
 device's stop-gradient backbone features of the first view, for the online linear probe)
 and whatever `update` needs.

@@ -247,5 +247,11 @@ def adjust_grads(grads, step, *, config):
   return cancel_last_layer(grads, step, config)
 
 
+def eval_variables(state):
+  """The teacher, as the original evaluates (its k-NN and linear evaluation load the
+  teacher's weights: it is the better network throughout training)."""
+  return dict(state.method_state["teacher"])
+
+
 def encode(variables, images, config):
   return network(config).apply(variables, images, method=MultiCrop.features)
