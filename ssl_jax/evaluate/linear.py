@@ -73,7 +73,8 @@ def fit(featurize, variables, inputs: np.ndarray, labels: np.ndarray, num_classe
   key = jax.random.key(settings.seed)
   dim = jax.eval_shape(featurize, variables, inputs[:batch], key).shape[-1]
   classifier = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
-  opt_state = tx.init(classifier)
+  # On the mesh (every process's devices) like the sharded batches it meets in the step.
+  classifier, opt_state = parallel.replicate((classifier, tx.init(classifier)), mesh)
 
   @jax.jit
   def step(classifier, opt_state, variables, x, y, key):
