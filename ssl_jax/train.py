@@ -235,9 +235,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log.write(step, {k: v for k, v in result.items() if k.startswith(("knn", "online"))})
   log.close()
   if config.eval.plots:
-    shown = (test.sample(config.eval.plot_points, config.seed)
-             if isinstance(test, pipeline.EvalSplit) else test)
-    plots.write_at_end(workdir, method, config, eval_variables(method, state), shown, mesh)
+    plots.write_at_end(workdir, method, config, eval_variables(method, state), test, mesh)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)

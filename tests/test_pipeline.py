@@ -11,7 +11,7 @@ from ssl_jax import config as config_lib, parallel
 from ssl_jax.data import augment, pipeline, tf_sources
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
-from ssl_jax.evaluate import knn
+from ssl_jax.evaluate import knn, linear, protocols, workdir as workdir_lib
 from test_main import run_cli
 
 CIFAR_DIR = os.environ.get("SSL_JAX_CIFAR10_DIR", "/work/shared/datasets/cifar10")
@@ -241,3 +241,14 @@ def test_cli_trains_through_tfdata_on_an_image_folder(folder, tmp_path):
   result = json.loads((workdir / "eval.json").read_text())
   assert result["skipped_files"] == 2 and result["train_images"] == 26
   assert 0.0 < result["knn_top1"] <= 1.0
+  # The evaluation CLI streams the same splits (nothing of a large data set in memory).
+  run = workdir_lib.load_run(str(workdir))
+  assert isinstance(run.train, pipeline.EvalSplit) and isinstance(run.test, pipeline.EvalSplit)
+  knn_result = protocols.evaluate(str(workdir), "knn")
+  assert knn_result["top1"] == pytest.approx(result["knn_top1"], abs=1e-6)
+  probe = protocols.evaluate(str(workdir), "linear", linear.Settings(epochs=3))
+  assert 0.0 <= probe["top1"] <= 1.0 and probe["batch_size"] == 16
+  exported = protocols.evaluate(str(workdir), "export")
+  assert exported["shapes"] == {"train": [24, 32], "eval": [8, 32]}   # 2 bad files dropped
+  assert (workdir / "plots" / "embedding_tsne.png").exists() is False
+  assert protocols.evaluate(str(workdir), "plots")["files"][-1].endswith("embedding_tsne.png")

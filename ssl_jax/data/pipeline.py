@@ -51,14 +51,21 @@ def use_tfdata(config) -> bool:
 
 def load(config, views, mesh):
   """(train split for evaluation, eval split, training loader), all through tf.data."""
-  data_dir = config.data_dir or None
-  source = tf_sources.open_source(config.dataset, config.train_split, data_dir,
-                                  jax.process_index(), jax.process_count())
-  data = TFDataLoader(source, views, config.batch_size, config.seed, mesh)
-  train, test = (EvalSplit(tf_sources.open_source(config.dataset, split, data_dir),
-                           config.image_size, config.eval.batch_size)
-                 for split in (config.train_split, config.eval_split))
-  return train, test, data
+  data = TFDataLoader(train_shard(config), views, config.batch_size, config.seed, mesh)
+  return (*eval_splits(config), data)
+
+
+def train_shard(config):
+  """This process's shard of the training split."""
+  return tf_sources.open_source(config.dataset, config.train_split, config.data_dir or None,
+                                jax.process_index(), jax.process_count())
+
+
+def eval_splits(config):
+  """(train split, eval split) read in order and centre-cropped: kNN, export, plots."""
+  return tuple(EvalSplit(tf_sources.open_source(config.dataset, split, config.data_dir or None),
+                         config.image_size, config.eval.batch_size)
+               for split in (config.train_split, config.eval_split))
 
 
 # ---------------------------------------------------------------- geometric ops

@@ -8,6 +8,7 @@ default batch is scaled to the data set (`default_batch_size`) so that a small d
 still gets many steps an epoch, and the lr follows by the B/256 rule.
 """
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -62,19 +63,36 @@ def logits(classifier, features):
   return features @ classifier["kernel"] + classifier["bias"]
 
 
+def batch_size(settings: Settings, num_images: int, devices: int) -> int:
+  """The global batch: settings.batch_size (0: default_batch_size), a multiple of `devices`."""
+  batch = settings.batch_size or default_batch_size(num_images)
+  return max(devices, min(batch, num_images) // devices * devices)
+
+
 def fit(featurize, variables, inputs: np.ndarray, labels: np.ndarray, num_classes: int,
         settings: Settings, mesh) -> dict:
-  """Trains {kernel, bias} on featurize(variables, batch of inputs, key), frozen."""
-  devices = mesh.devices.size
-  batch = settings.batch_size or default_batch_size(len(inputs))
-  batch = max(devices, min(batch, len(inputs)) // devices * devices)
+  """Trains {kernel, bias} on featurize(variables, batch of inputs, key), frozen, over
+  in-memory arrays reshuffled every epoch."""
+  batch = batch_size(settings, len(inputs), mesh.devices.size)
   steps_per_epoch = len(inputs) // batch
-  tx = _optimizer(settings, batch, settings.epochs * steps_per_epoch)
+  order = np.random.default_rng(settings.seed)
+
+  def batches():
+    for _ in range(settings.epochs):
+      perm = order.permutation(len(inputs))
+      for i in range(steps_per_epoch):
+        idx = np.sort(perm[i * batch:(i + 1) * batch])
+        yield tuple(parallel.shard_rows(a[idx], mesh) for a in (inputs, labels))
+  return fit_batches(featurize, variables, batches(), num_classes, settings, batch,
+                     settings.epochs * steps_per_epoch, mesh)
+
+
+def fit_batches(featurize, variables, batches, num_classes: int, settings: Settings,
+                batch: int, total_steps: int, mesh) -> dict:
+  """Trains {kernel, bias} on featurize(variables, x, key), frozen, for the `total_steps`
+  (x, y) global batches of size `batch` that `batches` yields (a stream, e.g. tf.data)."""
+  tx = _optimizer(settings, batch, total_steps)
   key = jax.random.key(settings.seed)
-  dim = jax.eval_shape(featurize, variables, inputs[:batch], key).shape[-1]
-  classifier = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
-  # On the mesh (every process's devices) like the sharded batches it meets in the step.
-  classifier, opt_state = parallel.replicate((classifier, tx.init(classifier)), mesh)
 
   @jax.jit
   def step(classifier, opt_state, variables, x, y, key):
@@ -86,14 +104,17 @@ def fit(featurize, variables, inputs: np.ndarray, labels: np.ndarray, num_classe
     updates, opt_state = tx.update(grads, opt_state, classifier)
     return optax.apply_updates(classifier, updates), opt_state, loss
 
-  order = np.random.default_rng(settings.seed)
-  for epoch in range(settings.epochs):
-    perm = order.permutation(len(inputs))
-    for i in range(steps_per_epoch):
-      idx = np.sort(perm[i * batch:(i + 1) * batch])
-      x, y = (parallel.shard_rows(a[idx], mesh) for a in (inputs, labels))
-      classifier, opt_state, _ = step(classifier, opt_state, variables, x, y,
-                                      jax.random.fold_in(key, epoch * steps_per_epoch + i))
+  classifier = opt_state = None
+  for i, (x, y) in enumerate(itertools.islice(batches, total_steps)):
+    if classifier is None:   # the feature width, from the first batch
+      dim = jax.eval_shape(featurize, variables, x, key).shape[-1]
+      zeros = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
+      # On the mesh (every process's devices) like the sharded batches it meets.
+      classifier, opt_state = parallel.replicate((zeros, tx.init(zeros)), mesh)
+    classifier, opt_state, _ = step(classifier, opt_state, variables, x, y,
+                                    jax.random.fold_in(key, i))
+  if classifier is None:
+    raise ValueError("linear evaluation got no training batch")
   return jax.device_get(classifier)
 
 

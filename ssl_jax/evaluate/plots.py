@@ -13,6 +13,7 @@ import matplotlib
 import numpy as np
 
 from ssl_jax import metrics as metrics_lib
+from ssl_jax.data import pipeline
 from ssl_jax.evaluate import knn
 
 matplotlib.use("Agg")
@@ -166,6 +167,8 @@ def write_embedding(workdir: str, features: np.ndarray, labels: np.ndarray, clas
 
 def write_at_end(workdir, method, config, variables, test, mesh) -> list[str]:
   """The curves and, when config.eval.plot_points > 0, the t-SNE of a sample of `test`."""
+  if isinstance(test, pipeline.EvalSplit):   # streamed: the sample, decoded into memory
+    test = test.sample(config.eval.plot_points, config.seed)
   sample = sample_indices(len(test), config.eval.plot_points, config.seed)
   features = None
   if len(sample):   # every process takes part in the sharded extraction

@@ -1,9 +1,11 @@
 """The offline evaluation protocols behind `python -m ssl_jax.evaluate` (see __main__.py)."""
 import os
 
+import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import train
+from ssl_jax.data import augment, pipeline
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import distill, finetune, knn, linear, plots, workdir as workdir_lib
 
@@ -23,14 +25,35 @@ def evaluate_knn(run) -> dict:
 
 
 def evaluate_linear(run, settings) -> dict:
-  featurize = linear.augmented_encoder(run.encode, run.config.image_size)
-  classifier = linear.fit(featurize, run.variables, run.train.images, run.train.labels,
-                          len(run.train.classes), settings, run.mesh)
+  num_classes = len(run.train.classes)
+  if isinstance(run.train, pipeline.EvalSplit):
+    classifier = fit_linear_streamed(run, settings)
+  else:
+    featurize = linear.augmented_encoder(run.encode, run.config.image_size)
+    classifier = linear.fit(featurize, run.variables, run.train.images, run.train.labels,
+                            num_classes, settings, run.mesh)
   result = linear.accuracy(classifier, features(run, run.test.images, False), run.test.labels)
-  batch = settings.batch_size or linear.default_batch_size(len(run.train))
+  batch = linear.batch_size(settings, len(run.train), run.mesh.devices.size)
   return {"step": run.step, **result, "epochs": settings.epochs, "batch_size": batch,
           "lr": settings.base_lr * batch / 256, "optimizer": "nesterov sgd 0.9, cosine",
           "weight_decay": settings.weight_decay, "augment": "random crop + flip"}
+
+
+def fit_linear_streamed(run, settings) -> dict:
+  """linear.fit for a data set too large for memory: tf.data cuts the random crops and
+  flips on the host (each process its shard), the device only scales them to [0, 1]."""
+  view = linear.crop_flip_view(run.config.image_size)
+  batch = linear.batch_size(settings, len(run.train), run.mesh.devices.size)
+  data = pipeline.TFDataLoader(pipeline.train_shard(run.config), [view], batch, settings.seed,
+                               run.mesh)
+  total_steps = settings.epochs * data.steps_per_epoch
+
+  def featurize(variables, crops, key):
+    rows = jnp.arange(crops.shape[0])
+    return run.encode(variables, augment.photometric_batch(key, crops, rows, view))
+  batches = ((b["view0"], b["label"]) for b in data.batches(0, total_steps))
+  return linear.fit_batches(featurize, run.variables, batches, len(run.train.classes),
+                            settings, batch, total_steps, run.mesh)
 
 
 def export(run, workdir) -> dict:
@@ -58,7 +81,8 @@ def evaluate(workdir: str, protocol: str, settings=None) -> dict:
   if protocol in finetune.PROTOCOLS:   # flags are checked before the run is loaded
     settings = settings or finetune.Settings()
     finetune.validate_settings(settings)
-  run = workdir_lib.load_run(workdir)
+  # Fine-tuning and distillation hold their splits in memory; the rest stream them.
+  run = workdir_lib.load_run(workdir, in_memory=protocol in finetune.PROTOCOLS)
   if protocol == "knn":
     result = evaluate_knn(run)
   elif protocol == "linear":

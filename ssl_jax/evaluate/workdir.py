@@ -9,6 +9,7 @@ import ml_collections
 import optax
 
 from ssl_jax import checkpoint, config as config_lib, methods, optim, parallel, train
+from ssl_jax.data import pipeline
 from ssl_jax.errors import ConfigError
 
 
@@ -39,7 +40,7 @@ class Run:
   method: object
   variables: dict      # {"params", "batch_stats"} evaluated (train.eval_variables)
   step: int
-  train: object        # sources.ArrayDataset
+  train: object        # sources.ArrayDataset, or a streamed pipeline.EvalSplit
   test: object
   mesh: object
 
@@ -54,11 +55,16 @@ def abstract_state(method, config, num_classes: int):
                                                    num_classes))
 
 
-def load_run(workdir: str, mesh=None) -> Run:
-  """The config, data and latest readable checkpoint of `workdir`, replicated on `mesh`."""
+def load_run(workdir: str, mesh=None, in_memory: bool = False) -> Run:
+  """The config, data and latest readable checkpoint of `workdir`, replicated on `mesh`.
+  The splits stream through tf.data when training did (large data sets), unless
+  `in_memory`."""
   config = load_config(workdir)
   method = methods.get(config.method)
-  train_data, test_data = train.load_data(config)
+  if pipeline.use_tfdata(config) and not in_memory:
+    train_data, test_data = pipeline.eval_splits(config)
+  else:
+    train_data, test_data = train.load_data(config)
   steps_per_epoch = max(len(train_data) // config.batch_size, 1)
   config.run.update(steps_per_epoch=steps_per_epoch,
                     total_steps=train.total_steps(config, steps_per_epoch),
