@@ -12,8 +12,22 @@ loses its peer) and exit with an error instead of waiting forever in a collectiv
 """
 import importlib.util
 import os
+import sys
 
+from absl import flags
 import jax
+
+# Multi-process runs (see README, "Multi-host training"); Cloud TPU pods, SLURM and Open
+# MPI are detected from the environment, so these are for other launchers.
+_COORDINATOR = flags.DEFINE_string("coordinator_address", "",
+                                   "host:port of process 0, for a multi-process run.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0 ... n-1.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
+                                  "A process silent this long is declared dead and the "
+                                  "others stop with an error.")
+_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout_s", 300,
+                                     "How long to wait for every process to connect.")
 
 
 def cluster_name() -> str | None:
@@ -76,3 +90,15 @@ def barrier(name: str, timeout_s: int = 3600):
     return
   from jax._src import distributed as jax_distributed  # pylint: disable=import-outside-toplevel
   jax_distributed.global_state.client.wait_at_barrier(f"ssl_jax:{name}", timeout_s * 1000)
+
+
+def start_from_flags():
+  """Joins the other processes of a multi-process run as the flags or the environment say
+  (before any JAX computation); the command lines of training and evaluation call it."""
+  try:
+    where = initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                       _HEARTBEAT.value, _INIT_TIMEOUT.value)
+  except Exception as e:  # pylint: disable=broad-except
+    sys.exit(f"error: could not start the distributed run: {str(e).splitlines()[0]}")
+  if where != "single process":
+    print(f"Distributed run: {where}.", flush=True)

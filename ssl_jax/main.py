@@ -12,25 +12,13 @@ import jax
 import ml_collections
 from ml_collections import config_flags
 
+from ssl_jax import distributed
 from ssl_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path.py:variant`.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, eval.")
 flags.mark_flags_as_required(["config", "workdir"])
-# Multi-process runs (see README, "Multi-host training"); Cloud TPU pods, SLURM and Open
-# MPI are detected from the environment, so these are for other launchers.
-_COORDINATOR = flags.DEFINE_string("coordinator_address", "",
-                                   "host:port of process 0, for a multi-process run.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index, 0 ... n-1.")
-_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 100,
-                                  "A process silent this long is declared dead and the "
-                                  "others stop with an error.")
-_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout_s", 300,
-                                     "How long to wait for every process to connect.")
-
-
 USAGE = "usage: --config=configs/<method>.py[:variant] --workdir=<dir> [--config.<field>=<value>]"
 
 
@@ -64,18 +52,6 @@ def parse_flags(argv):
     sys.exit(f"error: {flag_error_message(e)}\n{USAGE}")
 
 
-def start_processes():
-  """Joins the other processes of a multi-process run (before any JAX computation)."""
-  from ssl_jax import distributed  # pylint: disable=import-outside-toplevel
-  try:
-    where = distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                   _PROCESS_ID.value, _HEARTBEAT.value, _INIT_TIMEOUT.value)
-  except Exception as e:  # pylint: disable=broad-except
-    sys.exit(f"error: could not start the distributed run: {str(e).splitlines()[0]}")
-  if where != "single process":
-    print(f"Distributed run: {where}.", flush=True)
-
-
 def main(argv):
   del argv
   from ssl_jax import train  # pylint: disable=import-outside-toplevel
@@ -85,7 +61,7 @@ def main(argv):
       config.to_dict()   # raises the loading error
     except Exception as e:  # pylint: disable=broad-except
       sys.exit(f"error: {flag_error_message(e)}\n{USAGE}")
-  start_processes()
+  distributed.start_from_flags()
   chief = jax.process_index() == 0
   if chief:
     print(config)

@@ -49,13 +49,18 @@ def free_port() -> int:
 
 
 def start(config, workdir, dataset, cache_dir, devices, *args, name="run"):
+  """Training: `python -m ssl_jax.main` on `devices` CPU devices."""
+  return launch(["ssl_jax.main", f"--config={config}", f"--workdir={workdir}",
+                 f"--config.dataset=packed:{dataset}", "--config.eval.plots=False",
+                 "--config.eval.random_init=False", *args], workdir, cache_dir, devices, name)
+
+
+def launch(module_and_args, workdir, cache_dir, devices, name):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
              JAX_COMPILATION_CACHE_DIR=cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-  command = [sys.executable, "-m", "ssl_jax.main", f"--config={config}",
-             f"--workdir={workdir}", f"--config.dataset=packed:{dataset}",
-             "--config.eval.plots=False", "--config.eval.random_init=False", *args]
+  command = [sys.executable, "-m", *module_and_args]
   # Output to a file: a full pipe would block one process and hang the other in a collective.
   log = open(f"{workdir}.{name}.log", "a+")
   process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -70,10 +75,19 @@ def output(process) -> str:
 
 def start_pair(config, workdir, dataset, cache_dir, *args):
   """Two processes of one run, 2 CPU devices each."""
+  return [start(config, workdir, dataset, cache_dir, 2, *flags, *args, name=f"process{i}")
+          for i, flags in enumerate(pair_flags())]
+
+
+def pair_flags():
   address = f"127.0.0.1:{free_port()}"
-  return [start(config, workdir, dataset, cache_dir, 2, f"--coordinator_address={address}",
-                "--num_processes=2", f"--process_id={i}", *args, name=f"process{i}")
+  return [(f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}")
           for i in range(2)]
+
+
+def start_linear_evaluation(workdir, cache_dir, devices, flags=(), name="linear"):
+  return launch(["ssl_jax.evaluate", f"--workdir={workdir}", "--protocol=linear",
+                 "--epochs=2", *flags], workdir, cache_dir, devices, name)
 
 
 def finish(processes, timeout=300) -> list[str]:
@@ -125,6 +139,16 @@ def test_two_processes_match_one_process(config, dataset, cache_dir, tmp_path):
   eval_one = json.loads(open(os.path.join(one, "eval.json")).read())
   eval_two = json.loads(open(os.path.join(two, "eval.json")).read())
   assert eval_two["knn_top1"] == pytest.approx(eval_one["knn_top1"], abs=1 / 64)
+  if config != CONFIGS[0]:
+    return
+  # The offline linear evaluation, 2 processes against 1: the same classifier's accuracy.
+  outputs = finish([start_linear_evaluation(two, cache_dir, 2, flags, name=f"linear{i}")
+                    for i, flags in enumerate(pair_flags())])
+  assert "linear (offline)" in outputs[0] and "linear (offline)" not in outputs[1]
+  finish([start_linear_evaluation(one, cache_dir, 4)])
+  linear_one = json.loads(open(os.path.join(one, "eval.json")).read())["linear"]
+  linear_two = json.loads(open(os.path.join(two, "eval.json")).read())["linear"]
+  assert linear_two["top1"] == pytest.approx(linear_one["top1"], abs=1 / 64)
 
 
 def wait_for_checkpoint(workdir, after_step, processes, timeout=300):

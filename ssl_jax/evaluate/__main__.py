@@ -15,12 +15,16 @@ numbers logged during pretraining are the online monitors; these are the offline
   distill semi as teacher, then a student trained on the unlabelled images to match the
           teacher's softmax at --temperature (ssl_jax/evaluate/distill.py)
 Unset flags take the protocol's defaults; a smoke workdir takes seconds with --epochs=1
-(and --teacher_epochs=1 for distill).
+(and --teacher_epochs=1 for distill). On several hosts, start it on every one as training
+was started (the same --coordinator_address/--num_processes/--process_id, or the pod's
+or cluster's launcher); process 0 writes eval.json.
 """
 import sys
 
 from absl import app, flags
+import jax
 
+from ssl_jax import distributed
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import protocols
 
@@ -62,11 +66,13 @@ def settings(protocol: str):
 
 def main(argv):
   del argv
+  distributed.start_from_flags()   # every process of a multi-host run evaluates together
   try:
     result = protocols.evaluate(_WORKDIR.value, _PROTOCOL.value, settings(_PROTOCOL.value))
   except (ConfigError, OSError) as e:
     sys.exit(f"error: {e}")
-  print(f"{_PROTOCOL.value} (offline): {shown(result)}", flush=True)
+  if jax.process_index() == 0:
+    print(f"{_PROTOCOL.value} (offline): {shown(result)}", flush=True)
 
 
 def shown(result: dict, prefix: str = "") -> str:
