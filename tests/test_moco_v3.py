@@ -126,25 +126,15 @@ def tiny_config():
   return config
 
 
-def run_steps(config, devices, batch):
-  return test_train.run_steps(config, devices, batch, steps_per_epoch=2, total_steps=4)
-
-
 @pytest.fixture(scope="module")
 def runs():
-  batch = test_train.random_batch()
-  assert jax.device_count() == 8
-  config = tiny_config()
-  return run_steps(config, jax.devices()[:1], batch), run_steps(config, jax.devices(), batch)
+  return test_train.one_and_eight_devices(tiny_config(), test_train.random_batch(),
+                                          steps_per_epoch=2, total_steps=4)
 
 
 def test_eight_devices_equal_one(runs):
-  (s1, m1), (s8, m8) = runs
-  for step in range(2):
-    for key in ("loss", "grad_norm", "embedding_std", "momentum"):
-      np.testing.assert_allclose(m8[step][key], m1[step][key], rtol=2e-5, err_msg=key)
-  assert max_diff(s1[-1].params, s8[-1].params) < 5e-5
-  assert max_diff(s1[-1].method_state, s8[-1].method_state) < 5e-5
+  test_train.assert_one_equals_eight(runs, ("loss", "grad_norm", "embedding_std", "momentum"))
+  (s1, _), (s8, _) = runs
   for a, b in zip(jax.tree.leaves(s1[-1].batch_stats), jax.tree.leaves(s8[-1].batch_stats)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 

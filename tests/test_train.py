@@ -54,6 +54,23 @@ def run_steps(config, devices, batch, steps=2, num_classes=0, steps_per_epoch=10
   return states, metrics
 
 
+def one_and_eight_devices(config, batch, **kwargs):
+  """run_steps on one device and on all eight: ((states, metrics), (states, metrics))."""
+  assert jax.device_count() == 8
+  return tuple(run_steps(config, devices, batch, **kwargs)
+               for devices in (jax.devices()[:1], jax.devices()))
+
+
+def assert_one_equals_eight(runs, metric_keys):
+  """The metrics of every step and the final params and method state agree."""
+  (s1, m1), (s8, m8) = runs
+  for step, (one, eight) in enumerate(zip(m1, m8)):
+    for key in metric_keys:
+      np.testing.assert_allclose(eight[key], one[key], rtol=2e-5, err_msg=f"{key}, step {step}")
+  assert max_diff(s1[-1].params, s8[-1].params) < 5e-5
+  assert max_diff(s1[-1].method_state, s8[-1].method_state) < 5e-5
+
+
 def one_step(config, devices, batch, num_classes=0):
   """Two steps (the second uses the first's BN statistics and momentum): (state, metrics)."""
   states, metrics = run_steps(config, devices, batch, num_classes=num_classes)
