@@ -223,9 +223,7 @@ def test_8_devices_equal_1_device(runs):
   for a, b in zip(m8, m1):
     for key in ("loss", "grad_norm", "positive_sim"):
       np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=key)
-  for name in ("params", "batch_stats", "method_state"):
-    for a, b in zip(jax.tree.leaves(getattr(s8[-1], name)), jax.tree.leaves(getattr(s1[-1], name))):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5, err_msg=name)
+  test_train.assert_states_close(s8[-1], s1[-1])
 
 
 # ------------------------------------------------------- configs, schedules, CLI

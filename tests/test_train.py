@@ -71,6 +71,14 @@ def assert_one_equals_eight(runs, metric_keys):
   assert max_diff(s1[-1].method_state, s8[-1].method_state) < 5e-5
 
 
+def assert_states_close(a, b, names=("params", "batch_stats", "method_state"), rtol=1e-4,
+                        atol=5e-5):
+  """Leaf by leaf, the named fields of two TrainStates agree to the tolerances."""
+  for name in names:
+    for x, y in zip(jax.tree.leaves(getattr(a, name)), jax.tree.leaves(getattr(b, name))):
+      np.testing.assert_allclose(x, y, rtol=rtol, atol=atol, err_msg=name)
+
+
 def one_step(config, devices, batch, num_classes=0):
   """Two steps (the second uses the first's BN statistics and momentum): (state, metrics)."""
   states, metrics = run_steps(config, devices, batch, num_classes=num_classes)
