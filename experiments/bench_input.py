@@ -2,7 +2,7 @@
 
 The host's share of the recipe is decode + two random resized crops (scale 0.08-1,
 aspect 3/4-4/3) + flips; colour jitter, grayscale and blur run on the accelerator
-(train.make_views). Measured at 224 px on JPEGs of ImageNet-like size (~500x375) that
+(augment.make_views). Measured at 224 px on JPEGs of ImageNet-like size (~500x375) that
 this script writes to a temporary folder, and at 32 px on the CIFAR-10 folder, for:
   tf.data      ssl_jax.data.pipeline.TFDataLoader (what training uses)
   PIL          the same geometric recipe with PIL, as torchvision applies it to PIL

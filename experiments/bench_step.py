@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import simclr_v1  # noqa: E402  pylint: disable=wrong-import-position
-from ssl_jax import methods, models, optim, parallel, train  # noqa: E402
+from ssl_jax import methods, models, optim, parallel, state as state_lib, train  # noqa: E402
 
 flags.DEFINE_integer("depth", 50, "ResNet depth.")
 flags.DEFINE_float("width", 1.0, "ResNet width multiplier.")
@@ -42,7 +42,7 @@ def main(_):
   mesh = parallel.make_mesh()
   schedule = optim.lr_schedule(c.optimizer, c.batch_size, 100, 10_000)
   tx = optim.make_optimizer(c.optimizer, schedule)
-  state = jax.device_put(train.create_state(method, c, tx, jax.random.key(0)),
+  state = jax.device_put(state_lib.create_state(method, c, tx, jax.random.key(0)),
                          parallel.replicated(mesh))
   step = train.make_train_step(method, c, mesh, tx, schedule)
   rng = np.random.default_rng(0)

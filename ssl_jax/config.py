@@ -38,7 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       name="resnet", depth=50, width=1.0, cifar_stem=False, sk_ratio=0.0,
       patch_size=16, num_heads=12, pos_embed="sincos", drop_path=0.0,
-      frozen_patch_embed=False))
+      frozen_patch_embed=False,
+      # ResNet shortcuts: "when_needed" (torchvision: a projection only where the shape
+      # changes) or "always" (SimCLR's TF ResNet, BYOL's Haiku ResNet: block 0 of every stage)
+      projection_shortcut="when_needed"))
   # finetune_layer: the head layer fine-tuning starts from (0 = backbone output).
   c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=0, out_dim=128,
                                           finetune_layer=0))
@@ -53,13 +56,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment = ml_collections.ConfigDict(dict(
       crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True, color_strength=1.0,
       color_prob=0.8, brightness_impl="additive", gray_prob=0.2, blur_prob=0.5,
-      solarize_prob=0.0))
+      solarize_prob=0.0,
+      # Whose semantics: colour jitter "tf" (tf.image: SimCLR, BYOL) or "torchvision"
+      # (PIL ImageEnhance: the PyTorch originals); crop box sampler "torchvision"
+      # (RandomResizedCrop) or "tf" (sample_distorted_bounding_box: SimCLR, BYOL); crop
+      # resize "bilinear" or "bicubic", antialiased when shrinking or not.
+      color_impl="tf", crop_sampler="torchvision", resize_method="bilinear",
+      antialias=False))
   c.eval = ml_collections.ConfigDict(dict(
       knn_k=200, knn_temperature=0.1, batch_size=500, knn_every_epochs=0, random_init=True,
       # workdir/plots at the end: curves, and a t-SNE of this many eval features (0 = none)
       plots=True, plot_points=1000,
       # the online linear probe on stop-gradient features (ssl_jax/probe.py): SGD lr
-      online_probe=True, probe_lr=0.1))
+      online_probe=True, probe_lr=0.1,
+      # Evaluation images: the central crop_proportion of the shorter side, resized to
+      # image_size (0.875 = Resize(256) + CenterCrop(224); 1.0 = the whole image).
+      crop_proportion=1.0,
+      # Features kNN and linear evaluation read: "backbone" (pooled encoder output) or
+      # "embedding" (the method's L2-normalised output, e.g. InstDisc's 128-d).
+      features="backbone"))
   c.log_every_steps = 50
   # Checkpoints in workdir/checkpoints: every `every_steps` (0 = only at the end) and at the
   # end; the last `keep` are kept, plus the best by `best_metric` (e.g. "knn_top1", from
@@ -71,6 +86,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.run = ml_collections.ConfigDict(dict(steps_per_epoch=0, total_steps=0,
                                          num_train_examples=0))   # memory-bank rows
   return c
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+  """The run's length in steps: num_steps when set, else num_epochs of the data."""
+  return config.num_steps or int(config.num_epochs * steps_per_epoch)
 
 
 def _check(ok: bool, message: str):

@@ -6,11 +6,14 @@ reaches the encoder. Its accuracy on the eval split is logged as `online_top1`: 
 number, biased by the moving encoder, not the offline linear evaluation of
 `python -m ssl_jax.evaluate --protocol=linear`. Rows with label -1 (unknown) are ignored.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from ssl_jax import losses, parallel
+from ssl_jax.evaluate import knn, linear
 
 
 def enabled(config, num_classes: int) -> bool:
@@ -59,3 +62,15 @@ def train_step(probe: dict, features, labels, config):
              "online_train_top1": jax.lax.psum(correct, parallel.AXIS) / count}
   return {"params": optax.apply_updates(probe["params"], updates),
           "opt_state": opt_state}, metrics
+
+
+def evaluate(method, config, probe: dict, variables, test, mesh) -> dict:
+  """The probe's accuracy on the eval split, on the features of `variables`, the network it
+  learnt from (the student's, for DINO); {} when there is no probe."""
+  if not probe:
+    return {}
+  encode = functools.partial(method.encode, config=config)
+  features = knn.extract_features(encode, variables, test.images, mesh,
+                                  config.eval.batch_size, config.image_size, normalize=False)
+  result = linear.accuracy(jax.device_get(probe["params"]), features, test.labels)
+  return {"online_top1": result["top1"], "online_top5": result["top5"]}

@@ -18,38 +18,8 @@ from ssl_jax import checkpoint, config as config_lib, distributed
 from ssl_jax import methods, metrics as metrics_lib, optim, parallel, probe as probe_lib
 from ssl_jax.data import augment, loader as loader_lib, pipeline, sources
 from ssl_jax.errors import ConfigError
-from ssl_jax.evaluate import knn, linear, plots
-from ssl_jax.state import TrainState
-
-
-def create_state(method, config, tx, rng, num_classes: int = 0) -> TrainState:
-  """The initial state; with `num_classes`, an online linear probe too (if the config wants)."""
-  init_rng, step_rng = jax.random.split(rng)
-  variables = method.init(init_rng, config, None)
-  probe = (probe_lib.init(method, config, variables, num_classes)
-           if probe_lib.enabled(config, num_classes) else {})
-  return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                    batch_stats=variables["batch_stats"],
-                    opt_state=tx.init(variables["params"]),
-                    method_state=variables["method_state"], rng=step_rng, probe=probe)
-
-
-def state_initializer(method, config, tx, mesh, num_classes: int = 0):
-  """rng -> create_state(rng), compiled as one program (not op by op) and replicated over
-  `mesh`, which spans the devices of every process. Calling it again reuses the program."""
-  create = functools.partial(create_state, method, config, tx, num_classes=num_classes)
-  return jax.jit(create, out_shardings=parallel.replicated(mesh))
-
-
-def make_views(batch, rng, views, dtype):
-  """Augments this device's images; each example's key depends only on its global row."""
-  n = batch["index"].shape[0]
-  rows = parallel.first_row(n) + jnp.arange(n)
-  if "view0" in batch:   # crops made on the host by tf.data: photometric ops only
-    return [augment.photometric_batch(jax.random.fold_in(rng, i), batch[f"view{i}"], rows,
-                                      view, dtype) for i, view in enumerate(views)]
-  return [augment.augment_batch(jax.random.fold_in(rng, i), batch["image"], rows, view, dtype)
-          for i, view in enumerate(views)]
+from ssl_jax.evaluate import knn, plots
+from ssl_jax.state import eval_variables, online_variables, state_initializer
 
 
 def make_train_step(method, config, mesh, tx, schedule):
@@ -61,7 +31,7 @@ def make_train_step(method, config, mesh, tx, schedule):
 
   def per_device(state, batch):
     aug_rng, loss_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    batch = dict(batch, views=make_views(batch, aug_rng, views, dtype))
+    batch = dict(batch, views=augment.make_views(batch, aug_rng, views, dtype))
     loss_rng = jax.random.fold_in(loss_rng, jax.lax.axis_index(parallel.AXIS))
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, state, batch, loss_rng, state.step)
@@ -96,66 +66,16 @@ def compile_and_sync(train_step, state, batch):
   distributed.barrier("train_step_compiled")
 
 
-def load_data(config):
-  data_dir = config.data_dir or None
-  size = config.data_image_size or None
-  train = sources.load_split(config.dataset, config.train_split, data_dir, size)
-  test = sources.load_split(config.dataset, config.eval_split, data_dir, size)
-  side = min(train.images.shape[1:3])
-  if config.image_size > side:
-    raise ConfigError(f"config.image_size={config.image_size} is larger than the "
-                      f"{side}x{side} images of {config.dataset}; use config.image_size <= "
-                      f"{side} or set config.data_image_size")
-  return train, test
-
-
 def load_training_data(config, method, mesh):
   """(train split, eval split, batch loader): through tf.data or host memory, as
   config.input_pipeline says (data/pipeline.py). The splits serve the kNN evaluation."""
   if pipeline.use_tfdata(config):
     return pipeline.load(config, method.views(config), mesh)
-  train, test = load_data(config)
+  train, test = sources.load_splits(config)
   if len(train) < config.batch_size:
     raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {len(train)} "
                       f"training images; use a smaller batch")
   return train, test, loader_lib.MemoryLoader(train, config.batch_size, config.seed, mesh)
-
-
-def run_knn(method, config, variables, train, test, mesh) -> dict:
-  encode = functools.partial(method.encode, config=config)
-  extract = functools.partial(knn.extract_features, encode, variables, mesh=mesh,
-                              batch_size=config.eval.batch_size, image_size=config.image_size)
-  result = knn.knn_accuracy(extract(train.images), train.labels, extract(test.images),
-                            test.labels, len(train.classes), config.eval.knn_k,
-                            config.eval.knn_temperature)
-  return {"knn_top1": result["top1"], "knn_top5": result["top5"]}
-
-
-def run_probe(method, config, state, test, mesh) -> dict:
-  """The online probe's accuracy on the eval split ({} when there is no probe)."""
-  if not state.probe:
-    return {}
-  encode = functools.partial(method.encode, config=config)
-  # The probe learns from the trained network's features (the student's, for DINO).
-  features = knn.extract_features(encode, online_variables(state), test.images, mesh,
-                                  config.eval.batch_size, config.image_size, normalize=False)
-  result = linear.accuracy(jax.device_get(state.probe["params"]), features, test.labels)
-  return {"online_top1": result["top1"], "online_top5": result["top5"]}
-
-
-def online_variables(state):
-  return {"params": state.params, "batch_stats": state.batch_stats}
-
-
-def eval_variables(method, state):
-  """The weights evaluated: the method's choice (DINO's teacher), else the trained ones."""
-  if hasattr(method, "eval_variables"):
-    return method.eval_variables(state)
-  return online_variables(state)
-
-
-def total_steps(config, steps_per_epoch: int) -> int:
-  return config.num_steps or int(config.num_epochs * steps_per_epoch)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -165,7 +85,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   train, test, data = load_training_data(config, method, mesh)
   os.makedirs(workdir, exist_ok=True)
-  steps = total_steps(config, data.steps_per_epoch)
+  steps = config_lib.total_steps(config, data.steps_per_epoch)
   config.run.update(steps_per_epoch=data.steps_per_epoch, total_steps=steps,
                     num_train_examples=len(train))
   schedule = optim.lr_schedule(config.optimizer, config.batch_size, data.steps_per_epoch, steps)
@@ -207,8 +127,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         progress.show(step, metrics)
       monitor = {}
       if monitor_due:
-        monitor = run_knn(method, config, eval_variables(method, state), train, test, mesh)
-        monitor.update(run_probe(method, config, state, test, mesh))
+        monitor = knn.evaluate(method, config, eval_variables(method, state), train, test, mesh)
+        monitor.update(probe_lib.evaluate(method, config, state.probe, online_variables(state),
+                                          test, mesh))
         best_knn = max(best_knn, monitor["knn_top1"])
         log.write(step, {**monitor, "knn_top1_best": best_knn})
         online = (f", online probe top-1 {monitor['online_top1']:.4f}"
@@ -224,13 +145,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
   result = {"step": step, "protocol": "knn", "k": config.eval.knn_k,
             "temperature": config.eval.knn_temperature, "train_images": len(train),
             "test_images": len(test)}
-  result.update(run_knn(method, config, eval_variables(method, state), train, test, mesh))
+  result.update(knn.evaluate(method, config, eval_variables(method, state), train, test, mesh))
   result["skipped_files"] = train.skipped + test.skipped   # tf.data: known after a pass
-  result.update(run_probe(method, config, state, test, mesh))
+  result.update(probe_lib.evaluate(method, config, state.probe, online_variables(state), test,
+                                   mesh))
   result["knn_top1_best"] = max(best_knn, result["knn_top1"])
   if config.eval.random_init:  # the same encoder at its initialisation, for comparison
     initial = initializer(jax.random.key(config.seed))
-    baseline = run_knn(method, config, eval_variables(method, initial), train, test, mesh)
+    baseline = knn.evaluate(method, config, eval_variables(method, initial), train, test, mesh)
     result.update({f"{k}_random_init": v for k, v in baseline.items()})
   log.write(step, {k: v for k, v in result.items() if k.startswith(("knn", "online"))})
   log.close()

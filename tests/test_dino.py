@@ -12,7 +12,7 @@ from test_main import smoke_run
 from test_train import max_diff
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import config as config_lib, optim, parallel, train
+from ssl_jax import config as config_lib, optim, parallel, state as state_lib
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import dino
 from ssl_jax.models.heads import DINOHead
@@ -268,10 +268,10 @@ def test_evaluation_reads_the_teacher_and_the_probe_the_student(runs):
   (states, _), _ = runs
   state = states[-1]
   teacher = state.method_state["teacher"]
-  evaluated = train.eval_variables(dino, state)
+  evaluated = state_lib.eval_variables(dino, state)
   assert evaluated == {"params": teacher["params"], "batch_stats": teacher["batch_stats"]}
   assert max_diff(evaluated["params"], state.params) > 1e-6   # they differ after the steps
-  assert train.online_variables(state)["params"] is state.params
+  assert state_lib.online_variables(state)["params"] is state.params
 
 
 def test_smoke_run_through_the_cli(tmp_path):

@@ -193,11 +193,10 @@ def test_tfdata_and_in_memory_crops_are_statistically_equivalent():
 
 
 def test_make_views_applies_photometric_ops_to_host_crops(mesh):
-  from ssl_jax import train  # pylint: disable=import-outside-toplevel
   plain = View(size=8, color_prob=0.0, gray_prob=1.0, blur_prob=0.0)
   crops = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
   batch = {"view0": crops, "index": np.arange(16, dtype=np.int32)}
-  fn = jax.shard_map(lambda b: train.make_views(b, jax.random.key(0), [plain], np.float32)[0],
+  fn = jax.shard_map(lambda b: augment.make_views(b, jax.random.key(0), [plain], np.float32)[0],
                      mesh=mesh, in_specs=(jax.sharding.PartitionSpec(parallel.AXIS),),
                      out_specs=jax.sharding.PartitionSpec(parallel.AXIS))
   out = np.asarray(fn(batch))

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from ssl_jax import methods, optim, parallel, train
+from ssl_jax import methods, optim, parallel, state as state_lib, train
 
 sys.path.insert(0, "configs")
 import simclr_v1  # noqa: E402  pylint: disable=wrong-import-position
@@ -43,7 +43,7 @@ def run_steps(config, devices, batch, steps=2, num_classes=0, steps_per_epoch=10
   schedule = optim.lr_schedule(config.optimizer, config.batch_size, steps_per_epoch,
                                total_steps)
   tx = optim.make_optimizer(config.optimizer, schedule, total_steps=total_steps)
-  state = jax.device_put(train.create_state(method, config, tx, jax.random.key(0), num_classes),
+  state = jax.device_put(state_lib.create_state(method, config, tx, jax.random.key(0), num_classes),
                          parallel.replicated(mesh))
   step = train.make_train_step(method, config, mesh, tx, schedule)
   states, metrics = [jax.device_get(state)], []
@@ -104,7 +104,7 @@ def test_params_equal_after_two_steps(runs):
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), s1.params, s8.params)
   assert max(jax.tree.leaves(moved)) < 5e-5
   # ...and the step really changed the weights.
-  init = train.create_state(methods.get("simclr"), tiny_config(),
+  init = state_lib.create_state(methods.get("simclr"), tiny_config(),
                             optim.make_optimizer(tiny_config().optimizer, 0.1),
                             jax.random.key(0))
   delta = jax.tree.map(lambda a, b: np.abs(a - b).max(), init.params, s1.params)

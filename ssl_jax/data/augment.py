@@ -14,6 +14,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from ssl_jax import parallel
 from ssl_jax.errors import ConfigError
 
 # Exact float32 matmuls: GPUs may default to TF32, which would blur pixel values
@@ -270,3 +271,15 @@ def photometric_batch(key, images, ids, view, dtype=jnp.float32):
   out = jax.vmap(lambda k, im: photometric(k, _to_float(im), view))(
       _example_keys(key, ids), images)
   return out.astype(dtype)
+
+
+def make_views(batch, rng, views, dtype):
+  """Augments this device's images (inside shard_map); each example's key depends only on
+  its global row, so the views do not depend on how the batch is split over devices."""
+  n = batch["index"].shape[0]
+  rows = parallel.first_row(n) + jnp.arange(n)
+  if "view0" in batch:   # crops made on the host by tf.data: photometric ops only
+    return [photometric_batch(jax.random.fold_in(rng, i), batch[f"view{i}"], rows, view, dtype)
+            for i, view in enumerate(views)]
+  return [augment_batch(jax.random.fold_in(rng, i), batch["image"], rows, view, dtype)
+          for i, view in enumerate(views)]

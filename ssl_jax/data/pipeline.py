@@ -5,7 +5,7 @@ decode, cut each of the method's views with a random resized crop (torchvision's
 semantics, integer boxes) and a flip, batch global_batch / process_count examples, and
 hand them to the device double-buffered (loader.prefetch_to_device). The batch dict holds
 "view0", "view1", ... (uint8, one array per view and so per crop size), "label" and
-"index"; photometric ops run on the device (train.make_views).
+"index"; photometric ops run on the device (augment.make_views).
 
 Determinism: the crops use TF's stateless random ops keyed by (seed, epoch, slot, view),
 so the batch of step s depends only on (seed, s, process count). Resuming at step s builds

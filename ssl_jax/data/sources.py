@@ -90,6 +90,20 @@ def load_split(dataset: str, split: str, data_dir: str | None = None,
   return _load_tfds(dataset, split, data_dir, image_size)
 
 
+def load_splits(config) -> tuple[ArrayDataset, ArrayDataset]:
+  """(train split, eval split) of `config.dataset` in host memory."""
+  data_dir = config.data_dir or None
+  size = config.data_image_size or None
+  train = load_split(config.dataset, config.train_split, data_dir, size)
+  test = load_split(config.dataset, config.eval_split, data_dir, size)
+  side = min(train.images.shape[1:3])
+  if config.image_size > side:
+    raise ConfigError(f"config.image_size={config.image_size} is larger than the "
+                      f"{side}x{side} images of {config.dataset}; use config.image_size <= "
+                      f"{side} or set config.data_image_size")
+  return train, test
+
+
 def pack_image_folder(root: str, out_path: str,
                       per_class: dict[str, int] | None = None,
                       seed: int = 0) -> dict[str, int]:

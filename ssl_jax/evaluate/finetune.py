@@ -24,8 +24,8 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from ssl_jax import losses, models, optim, parallel, train
-from ssl_jax.data import loader as loader_lib, sources
+from ssl_jax import losses, models, optim, parallel
+from ssl_jax.data import augment, loader as loader_lib, sources
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import knn, linear
 
@@ -201,7 +201,7 @@ def make_step(model, tx, objective, mesh, image_size: int, seed: int):
 
   def per_device(state, batch, extra):
     aug_key, drop_key = jax.random.split(jax.random.fold_in(key, state["step"]))
-    x = train.make_views(batch, aug_key, [view], jnp.float32)[0]
+    x = augment.make_views(batch, aug_key, [view], jnp.float32)[0]
     drop_key = jax.random.fold_in(drop_key, jax.lax.axis_index(parallel.AXIS))
 
     def loss_fn(params):

@@ -78,3 +78,14 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, num_c
     top5 += int((ranked[:, :5] == labels).any(axis=1).sum())
   n = len(test_features)
   return {"top1": top1 / n, "top5": top5 / n}
+
+
+def evaluate(method, config, variables, train, test, mesh) -> dict:
+  """Weighted kNN top-1/top-5 of `variables`' features: `test` classified against `train`."""
+  encode = functools.partial(method.encode, config=config)
+  extract = functools.partial(extract_features, encode, variables, mesh=mesh,
+                              batch_size=config.eval.batch_size, image_size=config.image_size)
+  result = knn_accuracy(extract(train.images), train.labels, extract(test.images),
+                        test.labels, len(train.classes), config.eval.knn_k,
+                        config.eval.knn_temperature)
+  return {"knn_top1": result["top1"], "knn_top5": result["top5"]}

@@ -4,7 +4,6 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from ssl_jax import train
 from ssl_jax.data import augment, pipeline
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import distill, finetune, knn, linear, plots, workdir as workdir_lib
@@ -19,7 +18,7 @@ def features(run, images, normalize: bool):
 
 def evaluate_knn(run) -> dict:
   config = run.config
-  result = train.run_knn(run.method, config, run.variables, run.train, run.test, run.mesh)
+  result = knn.evaluate(run.method, config, run.variables, run.train, run.test, run.mesh)
   return {"step": run.step, "k": config.eval.knn_k, "temperature": config.eval.knn_temperature,
           "top1": result["knn_top1"], "top5": result["knn_top5"]}
 

@@ -8,8 +8,8 @@ import jax
 import ml_collections
 import optax
 
-from ssl_jax import checkpoint, config as config_lib, methods, optim, parallel, train
-from ssl_jax.data import pipeline
+from ssl_jax import checkpoint, config as config_lib, methods, optim, parallel, state as state_lib
+from ssl_jax.data import pipeline, sources
 from ssl_jax.errors import ConfigError
 
 
@@ -38,7 +38,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 class Run:
   config: ml_collections.ConfigDict
   method: object
-  variables: dict      # {"params", "batch_stats"} evaluated (train.eval_variables)
+  variables: dict      # {"params", "batch_stats"} evaluated (state.eval_variables)
   step: int
   train: object        # sources.ArrayDataset, or a streamed pipeline.EvalSplit
   test: object
@@ -51,7 +51,7 @@ class Run:
 def abstract_state(method, config, num_classes: int):
   """The TrainState's shapes and dtypes; the optimizer's schedule does not change them."""
   tx = optim.make_optimizer(config.optimizer, optax.constant_schedule(0.0))
-  return jax.eval_shape(lambda: train.create_state(method, config, tx, jax.random.key(0),
+  return jax.eval_shape(lambda: state_lib.create_state(method, config, tx, jax.random.key(0),
                                                    num_classes))
 
 
@@ -64,10 +64,10 @@ def load_run(workdir: str, mesh=None, in_memory: bool = False) -> Run:
   if pipeline.use_tfdata(config) and not in_memory:
     train_data, test_data = pipeline.eval_splits(config)
   else:
-    train_data, test_data = train.load_data(config)
+    train_data, test_data = sources.load_splits(config)
   steps_per_epoch = max(len(train_data) // config.batch_size, 1)
   config.run.update(steps_per_epoch=steps_per_epoch,
-                    total_steps=train.total_steps(config, steps_per_epoch),
+                    total_steps=config_lib.total_steps(config, steps_per_epoch),
                     num_train_examples=len(train_data))   # memory-bank shapes
   mesh = mesh or parallel.make_mesh()
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
@@ -76,7 +76,7 @@ def load_run(workdir: str, mesh=None, in_memory: bool = False) -> Run:
   ckpt.close()
   if not step:
     raise ConfigError(f"--workdir={workdir} has no readable checkpoint in {ckpt.directory}")
-  return Run(config, method, train.eval_variables(method, state), step, train_data, test_data,
+  return Run(config, method, state_lib.eval_variables(method, state), step, train_data, test_data,
              mesh)
 
 
