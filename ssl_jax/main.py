@@ -1,18 +1,22 @@
 """Command line: `python -m ssl_jax.main --config=configs/simclr_v2.py:cifar10 --workdir=runs/x`.
 
-Fields are overridden with `--config.field=value`. The resolved config is printed and
-written to workdir/config.json before training starts.
+Fields are overridden with `--config.field=value`. The resolved config is written to
+workdir/config.json; `--help` lists the methods and their variants, and with `--config`
+the fields of that config.
 """
+import glob
+import importlib.util
 import os
 import re
 import sys
 
-from absl import app, flags
-import jax
-import ml_collections
-from ml_collections import config_flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TF's start-up notices (oneDNN...)
+from absl import app, flags, logging  # pylint: disable=wrong-import-position
+import jax  # pylint: disable=wrong-import-position
+import ml_collections  # pylint: disable=wrong-import-position
+from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from ssl_jax import distributed
+from ssl_jax import config as config_lib, distributed
 from ssl_jax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, `path.py:variant`.",
@@ -22,11 +26,78 @@ flags.mark_flags_as_required(["config", "workdir"])
 USAGE = "usage: --config=configs/<method>.py[:variant] --workdir=<dir> [--config.<field>=<value>]"
 
 
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+HELP = """Pretrains a self-supervised image representation and evaluates it (kNN, online probe).
+
+{usage}
+
+  --config=FILE[:VARIANT]   the method's config file and variant (none = the paper's setting)
+  --workdir=DIR             checkpoints, metrics.jsonl, config.json, eval.json, plots/;
+                            rerun the same command to resume
+  --config.<field>=<value>  override one field, e.g. --config.batch_size=256
+  --coordinator_address, --num_processes, --process_id: multi-host runs (ssl_jax/distributed.py)
+
+Methods (configs/<method>.py) and their variants (none = the paper's setting):
+{methods}
+
+A config's fields and values:  python -m ssl_jax.main --config=configs/simclr_v2.py:quickstart --help
+Evaluating a trained workdir:  python -m ssl_jax.evaluate --help"""
+
+
+def load_config_module(path: str):
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def methods_help() -> str:
+  """One line per configs/*.py: its name, variants and the first line of its docstring."""
+  rows = []
+  for path in sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py"))):
+    module = load_config_module(path)
+    about = (module.__doc__ or "").strip().splitlines()[0]
+    head = re.split(r"[;)]", about)[0]   # the name and its paper
+    about = head + ")" if "(" in head else about.rstrip(".")
+    rows.append((os.path.basename(path)[:-3], about,
+                 ", ".join(config_lib.variant_names(module.get_config))))
+  return "\n".join(f"  {name:11s} {about:42s} {variants}" for name, about, variants in rows)
+
+
+def config_help(spec: str) -> str:
+  """Every field of the config `path.py[:variant]` as the flag that sets it."""
+  path, _, name = spec.partition(":")
+  config = load_config_module(path).get_config(name or None)
+
+  def lines(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        yield from lines(value, f"{prefix}{key}.")
+      else:
+        yield f"  --config.{prefix}{key}={value}"
+  return (f"Fields of {spec} (override any with --config.<field>=<value>):\n" +
+          "\n".join(lines(config, "")))
+
+
+def help_text(argv) -> str:
+  given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  if given:
+    return config_help(given[-1])
+  return HELP.format(usage=USAGE, methods=methods_help())
+
+
 def flag_error_message(e: BaseException) -> str:
   """One line for what went wrong while parsing flags (config_flags wraps the cause)."""
   while isinstance(e, KeyError) and e.args:   # ConfigDict nests the KeyError it raises
     e = e.args[0]
+  if isinstance(e, SyntaxError):   # e.g. a YAML or JSON file given as --config
+    return (f"config file {e.filename!r} is not Python ({e.msg}, line {e.lineno}); --config "
+            "takes configs/<method>.py[:variant]")
   text = str(e)
+  if "has no attribute 'get_config'" in text:
+    return ("the --config file has no get_config(arg) function; use a configs/<method>.py "
+            "file or one written like them")
   # A config file's own ConfigError reaches here re-raised with its traceback as text.
   raised = re.search(r"ConfigError: (.*)", text)
   cause = e.__context__ if isinstance(e, BaseException) else None
@@ -45,11 +116,19 @@ def flag_error_message(e: BaseException) -> str:
 
 
 def parse_flags(argv):
-  """absl's parsing, with a bad override or variant reported as one line, not a traceback."""
+  """absl's parsing, with a bad override or variant reported as one line, not a traceback;
+  --help prints help_text and exits 0."""
   try:
-    return flags.FLAGS(argv)
-  except (flags.Error, ConfigError, KeyError, AttributeError, ValueError, TypeError) as e:
+    if any(a.split("=")[0] in HELP_FLAGS for a in argv[1:]):
+      print(help_text(argv[1:]))
+      sys.exit(0)
+    remaining = flags.FLAGS(argv)
+  except (flags.Error, ConfigError, KeyError, AttributeError, ValueError, TypeError, OSError,
+          SyntaxError) as e:
     sys.exit(f"error: {flag_error_message(e)}\n{USAGE}")
+  if not flags.FLAGS["verbosity"].present:   # JAX's and absl's INFO lines (TPU backend...)
+    logging.set_verbosity(logging.WARNING)
+  return remaining
 
 
 def main(argv):
@@ -63,8 +142,6 @@ def main(argv):
       sys.exit(f"error: {flag_error_message(e)}\n{USAGE}")
   distributed.start_from_flags()
   chief = jax.process_index() == 0
-  if chief:
-    print(config)
   try:
     os.makedirs(workdir, exist_ok=True)
     if chief:

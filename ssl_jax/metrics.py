@@ -6,10 +6,13 @@ import time
 
 import jax
 
+from ssl_jax.data import tf_sources
+
 
 def _tensorboard_writer(workdir):
   try:  # clu's summary writer needs TensorFlow/TensorBoard, which GPU/TPU VMs may lack
-    from clu import metric_writers  # pylint: disable=import-outside-toplevel
+    with tf_sources.native_stderr_silenced():   # TensorFlow's start-up notices
+      from clu import metric_writers  # pylint: disable=import-outside-toplevel
     return metric_writers.SummaryWriter(workdir)
   except ImportError:
     return None
@@ -68,12 +71,30 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """`step 120/1000 (epoch 3) | 4.1 steps/s | 2,100 img/s | ETA 3m34s | loss 5.12`."""
+  """`step 120/1000 (epoch 3) | 4.1 steps/s | 2,100 img/s | ETA 3m34s | loss 5.12`.
+
+  The rate is measured from the end of the compilation (`compiling` ... `compiled`) and of
+  each kNN monitor (`restart_clock`), so the ETA is not inflated by them."""
 
   def __init__(self, total_steps: int, start_step: int, global_batch: int,
                steps_per_epoch: int):
     self.total, self.batch, self.spe = total_steps, global_batch, steps_per_epoch
     self.last_step, self.last_time = start_step, time.time()
+    self.compile_start = None
+
+  def compiling(self):
+    self.compile_start = time.time()
+    if jax.process_index() == 0:
+      print("compiling the training step...", flush=True)
+
+  def compiled(self):
+    self.restart_clock()
+    if jax.process_index() == 0 and self.compile_start is not None:
+      print(f"compiled in {_duration(self.last_time - self.compile_start)}", flush=True)
+
+  def restart_clock(self):
+    """The next rate counts only the steps from now on (not a compilation or a monitor)."""
+    self.last_time = time.time()
 
   def line(self, step: int, metrics: dict) -> str:
     now = time.time()
@@ -87,3 +108,23 @@ class Progress:
   def show(self, step: int, metrics: dict):
     if jax.process_index() == 0:
       print(self.line(step, metrics), file=sys.stdout, flush=True)
+
+
+def header(config, workdir: str, num_train: int, num_eval: int, total_steps: int,
+           steps_per_epoch: int) -> str:
+  """The run in a few lines, printed before training (the whole config is in config.json)."""
+  m = config.model
+  if m.name == "vit":
+    model = f"ViT, depth {m.depth}, width {m.width:g}, patch {m.patch_size}"
+  else:
+    model = f"ResNet-{m.depth}, width {m.width:g}" + (", CIFAR stem" if m.cifar_stem else "")
+  devices = f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+  if jax.process_count() > 1:
+    devices += f" on {jax.process_count()} processes"
+  return "\n".join([
+      f"{config.method} | {total_steps} steps = {total_steps / steps_per_epoch:.1f} epochs of "
+      f"{steps_per_epoch} | global batch {config.batch_size} on {devices}",
+      f"  data     {config.dataset}: {num_train:,} training / {num_eval:,} eval images, "
+      f"{config.image_size} px crops",
+      f"  model    {model}",
+      f"  workdir  {workdir} (the whole config: {os.path.join(workdir, 'config.json')})"])

@@ -103,16 +103,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_knn = 0.0
   if start and os.path.exists(os.path.join(workdir, "metrics.jsonl")):   # monitors so far
     best_knn = max([l.get("knn_top1", 0.0) for l in metrics_lib.read(workdir)], default=0.0)
-  print(f"Training {config.method} for {steps} steps ({steps / data.steps_per_epoch:.1f} "
-        f"epochs of {data.steps_per_epoch}) on {len(train)} images, global batch "
-        f"{config.batch_size}, {jax.device_count()} device(s).", flush=True)
+  if jax.process_index() == 0:
+    print(metrics_lib.header(config, workdir, len(train), len(test), steps,
+                             data.steps_per_epoch), flush=True)
   if start:
     print(f"Resuming from the checkpoint of step {start} in {ckpt.directory}.", flush=True)
   step = start
   with checkpoint.SigtermFlag() as sigterm, ckpt:
     for step, batch in enumerate(data.batches(start, steps), start=start + 1):
       if step == start + 1:
+        progress.compiling()
         compile_and_sync(train_step, state, batch)
+        progress.compiled()
       state, metrics = train_step(state, batch)
       preempted = sigterm.reached(step)   # once: a signal may land anywhere in this step
       monitor_due = knn_every and step % knn_every == 0 and step < steps
@@ -135,6 +137,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         online = (f", online probe top-1 {monitor['online_top1']:.4f}"
                   if "online_top1" in monitor else "")
         print(f"step {step}: kNN top-1 {monitor['knn_top1']:.4f} (best {best_knn:.4f}){online}")
+        progress.restart_clock()
       if save:
         ckpt.save(step, state, {**metrics, **monitor})
       if preempted:
@@ -143,10 +146,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
                          f"{ckpt.directory}; rerun the same command to resume")
 
   result = {"step": step, "protocol": "knn", "k": config.eval.knn_k,
-            "temperature": config.eval.knn_temperature, "train_images": len(train),
-            "test_images": len(test)}
+            "temperature": config.eval.knn_temperature}
   result.update(knn.evaluate(method, config, eval_variables(method, state), train, test, mesh))
-  result["skipped_files"] = train.skipped + test.skipped   # tf.data: known after a pass
+  # The decodable images, as the memory path holds them (tf.data: known after a pass).
+  result.update(train_images=len(train.labels), test_images=len(test.labels),
+                skipped_files=train.skipped + test.skipped)
+  if jax.process_index() == 0:
+    sources.report_skipped(workdir, [*train.skipped_files, *test.skipped_files])
   result.update(probe_lib.evaluate(method, config, state.probe, online_variables(state), test,
                                    mesh))
   result["knn_top1_best"] = max(best_knn, result["knn_top1"])

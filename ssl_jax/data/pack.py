@@ -5,7 +5,8 @@
 
 <image_folder> holds <split>/<class>/<image files>. The encoded files are
 stored byte for byte, so the output is about as large as the images; load it
-with config.dataset = "packed:<out.npz>".
+with config.dataset = "packed:<out.npz>". Files that cannot be decoded are
+listed and left out.
 """
 
 import argparse
@@ -39,14 +40,18 @@ def main(argv: list[str] | None = None) -> int:
                       help="seed for the --per_class selection")
   args = parser.parse_args(argv)
   per_class = dict(args.per_class) if args.per_class else None
+  skipped = []
   try:
     counts = sources.pack_image_folder(args.image_folder, args.out, per_class,
-                                       args.seed)
+                                       args.seed, skipped)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for split, count in counts.items():
     print(f"{split}: {count} images")
+  if skipped:
+    print(f"left out {len(skipped)} files that could not be decoded:")
+    print("\n".join(f"  {path}" for path in skipped))
   print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB)")
   return 0
 

@@ -51,7 +51,9 @@ def use_tfdata(config) -> bool:
 
 def load(config, views, mesh):
   """(train split for evaluation, eval split, training loader), all through tf.data."""
-  data = TFDataLoader(train_shard(config), views, config.batch_size, config.seed, mesh)
+  shard = train_shard(config)
+  sources.check_crop_fits(config, shard.stored_side())   # as the memory path does
+  data = TFDataLoader(shard, views, config.batch_size, config.seed, mesh)
   return (*eval_splits(config), data)
 
 
@@ -172,6 +174,10 @@ class TFDataLoader:
     """Distinct files that could not be decoded so far (this process's shard)."""
     return len(self.bad_files)
 
+  @property
+  def skipped_files(self) -> list[str]:
+    return [self.source.name_of(i) for i in sorted(self.bad_files)]
+
   def dataset(self, start_step: int):
     """This process's batches of steps start_step, start_step + 1, ... (endless)."""
     t = tf()
@@ -211,7 +217,7 @@ class EvalSplit:
   def __init__(self, source, image_size: int, batch_size: int):
     self.source, self.image_size, self.batch_size = source, image_size, batch_size
     self.classes = source.classes
-    self._labels, self._skipped = None, None
+    self._labels, self._skipped, self._bad = None, None, None
 
   def __len__(self) -> int:
     return self.source.total
@@ -232,20 +238,28 @@ class EvalSplit:
     self.labels  # pylint: disable=pointless-statement
     return self._skipped
 
+  @property
+  def skipped_files(self) -> list[str]:
+    """The names of the files that could not be decoded (after one pass, as `skipped`)."""
+    self.labels  # pylint: disable=pointless-statement
+    return [self.source.name_of(i) for i in self._bad]
+
   def batches(self, keep: np.ndarray | None = None):
-    """(images, labels) numpy batches of the decodable files (of `keep`), in order."""
+    """(images, labels, indices of the undecodable files) numpy batches of the decodable
+    files (of `keep`), in order."""
     t = tf()
     ds = self.source.in_order(keep).map(
-        lambda x: (center_view(x["image"], self.image_size), x["label"], x["bad"][0] < 0),
+        lambda x: (center_view(x["image"], self.image_size), x["label"], x["bad"][0] < 0,
+                   x["index"]),
         num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
-    for images, labels, ok in ds.batch(self.batch_size).prefetch(2).as_numpy_iterator():
-      yield images[ok], labels[ok]
+    for images, labels, ok, index in ds.batch(self.batch_size).prefetch(2).as_numpy_iterator():
+      yield images[ok], labels[ok], index[~ok]
 
   def sample(self, count: int, seed: int) -> sources.ArrayDataset:
     """Up to `count` random decodable images in memory (for plots)."""
     keep = np.random.default_rng(seed).permutation(self.source.total)[:count]
     parts = list(self.batches(keep)) or [(np.zeros((0,) + (self.image_size,) * 2 + (3,),
-                                                    np.uint8), np.zeros(0, np.int32))]
+                                                    np.uint8), np.zeros(0, np.int32), None)]
     return sources.ArrayDataset(np.concatenate([p[0] for p in parts]),
                                 np.concatenate([p[1] for p in parts]), self.classes)
 
@@ -257,9 +271,10 @@ class _Batches:
     self.split = split
 
   def __iter__(self):
-    labels = []
-    for images, batch_labels in self.split.batches():
+    labels, bad = [], []
+    for images, batch_labels, batch_bad in self.split.batches():
       labels.append(batch_labels)
+      bad.extend(batch_bad.tolist())
       yield images
     labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
     if not len(labels):
@@ -267,3 +282,4 @@ class _Batches:
                         "could be decoded; check its files")
     self.split._labels = labels.astype(np.int32)  # pylint: disable=protected-access
     self.split._skipped = self.split.source.total - len(labels)  # pylint: disable=protected-access
+    self.split._bad = bad  # pylint: disable=protected-access

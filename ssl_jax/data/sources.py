@@ -36,7 +36,7 @@ IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif",
     ".tiff"})
 # What PIL raises for corrupt, truncated or unsupported files.
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError,
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError,
                   Image.DecompressionBombError)
 # Small chunks waste time on scheduling; large ones balance threads badly.
 _MIN_CHUNK = 64
@@ -51,6 +51,7 @@ class ArrayDataset:
   labels: np.ndarray  # -1 where unknown (unlabeled data).
   classes: tuple[str, ...]  # label i <-> classes[i]; () when unlabeled.
   skipped: int = 0  # Files that could not be decoded.
+  skipped_files: tuple[str, ...] = ()  # Their names (paths, or file and position).
 
   def __len__(self) -> int:
     return len(self.labels)
@@ -96,23 +97,47 @@ def load_splits(config) -> tuple[ArrayDataset, ArrayDataset]:
   size = config.data_image_size or None
   train = load_split(config.dataset, config.train_split, data_dir, size)
   test = load_split(config.dataset, config.eval_split, data_dir, size)
-  side = min(train.images.shape[1:3])
-  if config.image_size > side:
+  check_crop_fits(config, min(train.images.shape[1:3]))
+  return train, test
+
+
+def check_crop_fits(config, side: int | None):
+  """Refuses crops larger than the stored images (None: unknown), on both input paths."""
+  if side is not None and config.image_size > side:
     raise ConfigError(f"config.image_size={config.image_size} is larger than the "
                       f"{side}x{side} images of {config.dataset}; use config.image_size <= "
-                      f"{side} or set config.data_image_size")
-  return train, test
+                      f"{side}")
+
+
+SKIPPED_FILES = "skipped_files.txt"
+SHOWN_SKIPPED = 5   # names printed; the file has all
+
+
+def report_skipped(workdir: str, names) -> str | None:
+  """Names the first undecodable files and writes all of them to workdir/skipped_files.txt
+  (returns its path; None, and no file, when nothing was skipped)."""
+  names = sorted(set(names))
+  if not names:
+    return None
+  path = os.path.join(workdir, SKIPPED_FILES)
+  with open(path, "w") as f:
+    f.writelines(name + "\n" for name in names)
+  more = f", ... ({len(names) - SHOWN_SKIPPED} more)" if len(names) > SHOWN_SKIPPED else ""
+  print(f"Skipped {len(names)} image files that could not be decoded: "
+        f"{', '.join(names[:SHOWN_SKIPPED])}{more}; all listed in {path}", flush=True)
+  return path
 
 
 def pack_image_folder(root: str, out_path: str,
                       per_class: dict[str, int] | None = None,
-                      seed: int = 0) -> dict[str, int]:
+                      seed: int = 0, skipped: list | None = None) -> dict[str, int]:
   """Writes the image folder `root` to `out_path` in the packed format.
 
   Packs every split folder under `root`, or only the keys of `per_class`,
   keeping per_class[split] files of each class chosen at random (splits and
-  classes in sorted order, one np.random.default_rng(seed)). Returns the
-  number of images per split.
+  classes in sorted order, one np.random.default_rng(seed)). Files that
+  cannot be decoded are left out (a chosen one is not replaced) and their
+  paths appended to `skipped`. Returns the number of images packed per split.
   """
   where = f"image folder {root!r}"
   if per_class is None:
@@ -133,6 +158,11 @@ def pack_image_folder(root: str, out_path: str,
     paths = [p for _, group in groups for p in group]
     labels = [label for label, group in groups for _ in group]
     blobs = _parallel_map(_read_bytes, paths)
+    good = _parallel_map(lambda b: _decode(b, None) is not None, blobs)
+    if skipped is not None:
+      skipped.extend(p for p, ok in zip(paths, good) if not ok)
+    paths, labels, blobs = ([x for x, ok in zip(items, good) if ok]
+                            for items in (paths, labels, blobs))
     offsets = np.zeros(len(blobs) + 1, np.int64)
     offsets[1:] = np.cumsum([len(b) for b in blobs])
     arrays[f"{split}.data"] = np.frombuffer(b"".join(blobs), np.uint8)
@@ -241,7 +271,7 @@ def _load_image_folder(root: str, split: str, image_size: int | None,
                        where: str) -> ArrayDataset:
   paths, labels, classes = list_image_folder(root, split, where)
   decoded = _parallel_map(lambda p: _decode(_read_bytes(p), image_size), paths)
-  return _assemble(decoded, labels, classes, split, where)
+  return _assemble(decoded, labels, classes, split, where, paths)
 
 
 # ---------------------------------------------------------------------- packed
@@ -270,7 +300,7 @@ def _load_packed(path: str, split: str, image_size: int | None,
                 if k in ("format", "classes") or k.startswith(split + ".")}
       splits = sorted(k[:-len(".labels")] for k in npz.files
                       if k.endswith(".labels"))
-  except (OSError, ValueError, zipfile.BadZipFile) as e:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:   # EOFError: empty file
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise ConfigError(f"{where}: {path} is not a readable .npz ({reason}); "
                       "rebuild it with python -m ssl_jax.data.pack") from e
@@ -285,7 +315,8 @@ def _load_packed(path: str, split: str, image_size: int | None,
   blobs = [data[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
   decoded = _parallel_map(lambda b: _decode(b, image_size), blobs)
   classes = tuple(str(c) for c in arrays["classes"])
-  return _assemble(decoded, arrays[f"{split}.labels"], classes, split, where)
+  names = [f"{path} ({split} #{i})" for i in range(len(blobs))]
+  return _assemble(decoded, arrays[f"{split}.labels"], classes, split, where, names)
 
 
 # ------------------------------------------------------------------------ TFDS
@@ -371,7 +402,7 @@ def _decode(blob: bytes, image_size: int | None) -> np.ndarray | None:
     if image_size is not None:
       img = _resize_crop(img, image_size)
     return np.asarray(img, dtype=np.uint8)
-  except _DECODE_ERRORS:
+  except DECODE_ERRORS:
     return None
 
 
@@ -388,13 +419,16 @@ def _parallel_map(fn, items: list) -> list:
 
 
 def _assemble(decoded: list, labels, classes: tuple[str, ...], split: str,
-              where: str) -> ArrayDataset:
-  """Stacks decoded images, dropping (and counting) the undecodable ones."""
+              where: str, names=None) -> ArrayDataset:
+  """Stacks decoded images, dropping (counting and naming) the undecodable ones."""
   keep = [i for i, im in enumerate(decoded) if im is not None]
   skipped = len(decoded) - len(keep)
+  bad = tuple(names[i] for i, im in enumerate(decoded) if im is None) if names else ()
   if skipped:
     _log.warning("%s split '%s': skipped %d of %d image files that could not "
-                 "be decoded", where, split, skipped, len(decoded))
+                 "be decoded%s", where, split, skipped, len(decoded),
+                 f" ({', '.join(bad[:SHOWN_SKIPPED])}{', ...' * (len(bad) > SHOWN_SKIPPED)})"
+                 if bad else "")
   if not keep:
     raise ConfigError(f"{where} split '{split}': none of its {len(decoded)} "
                       "images could be decoded; check the files behind "
@@ -407,4 +441,4 @@ def _assemble(decoded: list, labels, classes: tuple[str, ...], split: str,
                       "config.data_image_size to resize them to one size")
   images = np.stack([decoded[i] for i in keep])
   labels = np.asarray(labels, np.int32)[keep]
-  return ArrayDataset(images, labels, classes, skipped)
+  return ArrayDataset(images, labels, classes, skipped, bad)

@@ -18,10 +18,13 @@ are validated when prepared.
 
 TensorFlow is imported on first use only (see `tf()`).
 """
+import contextlib
 import functools
 import os
+import sys
 
 import numpy as np
+from PIL import Image
 
 from ssl_jax.data import sources
 from ssl_jax.errors import ConfigError
@@ -30,12 +33,34 @@ from ssl_jax.errors import ConfigError
 FALLBACKS = 4
 # Records held by the TFDS shuffle buffer: encoded bytes, ~110 KB for an ImageNet JPEG.
 TFDS_SHUFFLE_BUFFER = 10_000
+# Files whose headers give an image folder's stored size (stored_side).
+SIZE_SAMPLE = 16
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+  """Drops what C++ writes to fd 2 meanwhile, when TF_CPP_MIN_LOG_LEVEL >= 1 (main.py sets
+  2): TensorFlow >= 2.17 prints its start-up notices (oneDNN, CPU features) there
+  whatever that variable says. Python's own errors still surface, once fd 2 is back."""
+  if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
+    yield
+    return
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
 
 
 @functools.cache
 def tf():
-  """TensorFlow, imported lazily; it must not take accelerator memory from JAX."""
-  import tensorflow  # pylint: disable=import-outside-toplevel
+  """TensorFlow, imported lazily and quietly; it must not take accelerator memory from JAX."""
+  with native_stderr_silenced():
+    import tensorflow  # pylint: disable=import-outside-toplevel
   try:
     tensorflow.config.set_visible_devices([], "GPU")
   except RuntimeError:  # already initialised by someone else
@@ -86,6 +111,21 @@ class FolderSource:
   @property
   def num_examples(self) -> int:
     return self.stop - self.start
+
+  def name_of(self, index: int) -> str:
+    return str(self.paths[index])
+
+  def stored_side(self) -> int | None:
+    """The largest shorter side among the first SIZE_SAMPLE readable files (headers only),
+    for sources.check_crop_fits; None when none of them can be read."""
+    sides = []
+    for path in self.paths[:SIZE_SAMPLE]:
+      try:
+        with Image.open(path) as image:
+          sides.append(min(image.size))
+      except sources.DECODE_ERRORS:
+        pass
+    return max(sides, default=None)
 
   def stream(self, seed: int, start: int, per_epoch: int):
     """Elements at stream positions start, start + 1, ... (see the module docstring)."""
@@ -160,6 +200,14 @@ class TfdsSource:
   @property
   def num_examples(self) -> int:
     return self.stop - self.start
+
+  def name_of(self, index: int) -> str:
+    return f"{self.name} {self.split} record {index}"
+
+  def stored_side(self) -> int | None:
+    """The images' shorter side when TFDS declares one size for all, else None."""
+    height, width = self._builder().info.features["image"].shape[:2]
+    return None if None in (height, width) else min(height, width)
 
   def _builder(self):
     tfds = _tfds(self.where)

@@ -24,7 +24,7 @@ import sys
 from absl import app, flags
 import jax
 
-from ssl_jax import distributed
+from ssl_jax import config as config_lib, distributed
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import protocols
 
@@ -51,8 +51,11 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def settings(protocol: str):
-  """The protocol's Settings: the flags given, its own defaults for the rest."""
+  """The protocol's Settings: the flags given, its own defaults for the rest; a flag out of
+  its range (config.EVALUATE_FLAG_RANGES) is a one-line ConfigError."""
   from ssl_jax.evaluate import finetune, linear  # pylint: disable=import-outside-toplevel
+  config_lib.check_evaluate_flags({name: flags.FLAGS[name].value
+                                   for name in config_lib.EVALUATE_FLAG_RANGES})
   given = dict(epochs=_EPOCHS.value, batch_size=_BATCH.value, base_lr=_LR.value,
                weight_decay=_WD.value)
   given = {k: v for k, v in given.items() if v is not None}

@@ -36,7 +36,7 @@ STUDENT_INITS = ("pretrained", "random")
 
 @dataclasses.dataclass
 class Settings:
-  epochs: int = 0              # 0 = default_epochs(label fraction); distill: its student's
+  epochs: int | None = None    # None = default_epochs(label fraction); distill: its student's
   batch_size: int = 0          # 0 = linear.default_batch_size(training images)
   base_lr: float = 0.005       # lr = base_lr x sqrt(batch): SimCLR v2's 0.16 at B = 1024
   weight_decay: float = 0.0    # on kernels outside the classifier
@@ -60,8 +60,10 @@ def validate_settings(settings: Settings):
   """One-line ConfigErrors naming the CLI flag and the fix."""
   s = settings
   checks = [
-      (s.epochs >= 0 and s.teacher_epochs >= 0,
-       f"--epochs={s.epochs} / --teacher_epochs={s.teacher_epochs} must be >= 0 (0 = default)"),
+      (s.epochs is None or s.epochs >= 1,   # 0 used to mean the default: 90 epochs
+       f"--epochs={s.epochs} must be >= 1; leave it unset for the protocol's default"),
+      (s.teacher_epochs >= 0,
+       f"--teacher_epochs={s.teacher_epochs} must be >= 0 (0 = semi's default)"),
       (s.batch_size >= 0, f"--batch_size={s.batch_size} must be >= 0 (0 = default)"),
       (s.base_lr > 0, f"--base_lr={s.base_lr} must be positive (SimCLR v2: 0.005)"),
       (0 < s.label_fraction <= 1,

@@ -20,8 +20,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 
 MAX_TSNE_POINTS = 2000
-# Keys of metrics.jsonl that are evaluations (drawn together), not training statistics.
-_MONITOR_PREFIXES = ("knn_", "online_", "linear_")
 
 
 def plots_dir(workdir: str) -> str:
@@ -41,33 +39,109 @@ def metric_series(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
           for k, v in by_key.items()}
 
 
-def _is_monitor(key: str) -> bool:
-  return key.startswith(_MONITOR_PREFIXES) and not key.endswith(("_random_init", "_best"))
+ACCURACY_SUFFIXES = ("top1",)   # drawn together; top-5 is in eval.json
+SMOOTHING = 0.9   # TensorBoard's exponential moving average, debiased at the start
 
 
-def plot_curves(workdir: str) -> str:
-  """curves.png: one panel per training statistic (loss and lr first) and one with the
-  monitors (kNN, online probe) over steps."""
-  series = metric_series(workdir)
-  training = [k for k in series if not k.startswith(_MONITOR_PREFIXES)]
-  training.sort(key=lambda k: (k != "loss", k != "lr", k))
-  monitors = sorted(k for k in series if _is_monitor(k))
-  panels = [[k] for k in training] + ([monitors] if monitors else [])
+def _is_accuracy(key: str) -> bool:
+  return key.endswith(ACCURACY_SUFFIXES)
+
+
+def _is_training(key: str) -> bool:
+  return not key.endswith(ACCURACY_SUFFIXES + ("_random_init", "_best", "top5"))
+
+
+def smoothed(values: np.ndarray, weight: float = SMOOTHING) -> np.ndarray:
+  """Debiased exponential moving average (TensorBoard's scalar smoothing)."""
+  out, average = np.empty(len(values)), 0.0
+  for i, v in enumerate(values):
+    average = weight * average + (1 - weight) * v
+    out[i] = average / (1 - weight ** (i + 1))
+  return out
+
+
+def embedding_dim(config) -> int:
+  """The width of what `embedding_std` measures: the head's output, DINO's backbone's."""
+  if config.method == "dino":
+    from ssl_jax import models  # pylint: disable=import-outside-toplevel
+    return models.backbone(config.model, np.float32, image_size=config.image_size).num_features
+  return config.head.out_dim
+
+
+def _plot_raw_and_smoothed(ax, steps, values, color, label):
+  ax.plot(steps, values, color=color, alpha=0.3, linewidth=0.8)
+  ax.plot(steps, smoothed(values), color=color, label=label)
+
+
+def _plot_training(ax, key, steps, values, config):
+  if key.endswith("loss") and len(steps) >= 20:   # noisy: smoothed over the raw values
+    _plot_raw_and_smoothed(ax, steps, values, "C0", f"smoothed (EMA {SMOOTHING}); raw faint")
+    ax.legend(fontsize=7)
+  else:
+    ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3)
+  if key == "embedding_std" and config is not None:
+    dim = embedding_dim(config)
+    ax.axhline(dim ** -0.5, color="gray", linestyle=":",
+               label=f"1/sqrt({dim}): spread uniformly")
+    ax.set_ylim(bottom=0)   # collapse is a fall towards 0
+    ax.legend(fontsize=7)
+  ax.set_ylabel(key)
+
+
+def _plot_accuracies(ax, keys, series):
+  """Evaluations as markers (kNN, the probe on the eval split), the probe's accuracy on its
+  training batches smoothed, dashed: the random-init encoder's final kNN accuracy."""
+  highest = 0.0
+  for i, key in enumerate(keys):
+    steps, values = series[key]
+    highest = max(highest, values.max())
+    if "train" in key and len(steps) >= 20:
+      _plot_raw_and_smoothed(ax, steps, values, f"C{i}", f"{key} (training batches)")
+    else:
+      ax.plot(steps, values, marker="osd^v"[i % 5], color=f"C{i}", label=key)
+    if f"{key}_random_init" in series:
+      baseline = series[f"{key}_random_init"][1][-1]
+      highest = max(highest, baseline)
+      ax.axhline(baseline, color=f"C{i}", linestyle="--", linewidth=1,
+                 label=f"{key}, random init")
+  ax.set_ylim(0, min(1.0, 1.25 * highest) or 1.0)
+  ax.set_ylabel("top-1 accuracy")
+  ax.set_title("accuracy: kNN and online probe")
+  ax.legend(fontsize=7, loc="lower right")
+
+
+def curves_figure(series: dict, config=None, title: str = ""):
+  """One panel per training statistic (loss and lr first), the last with the accuracies
+  (monitors and the final evaluation, dashed: the same encoder at its initialisation)."""
+  training = sorted((k for k in series if _is_training(k)),
+                    key=lambda k: (k != "loss", k != "lr", k))
+  accuracies = sorted(k for k in series if _is_accuracy(k))
+  panels = training + (["accuracy"] if accuracies else [])
   cols = min(3, max(len(panels), 1))
   rows = max(1, -(-len(panels) // cols))
-  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
-  for ax, keys in zip(axes.flat, panels):
-    for key in keys:
-      steps, values = series[key]
-      ax.plot(steps, values, marker="o" if len(steps) < 20 else None, markersize=3,
-              label=key)
-    ax.set_title("kNN / probe monitors" if keys is monitors else keys[0])
+  fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows + 0.4), squeeze=False)
+  for ax, key in zip(axes.flat, panels):
+    if key == "accuracy":
+      _plot_accuracies(ax, accuracies, series)
+    else:
+      _plot_training(ax, key, *series[key], config)
+      ax.set_title(key)
     ax.set_xlabel("step")
-    if keys is monitors:
-      ax.legend(fontsize=7)
   for ax in list(axes.flat)[len(panels):]:
     ax.axis("off")
+  fig.suptitle(title)
   fig.tight_layout()
+  return fig
+
+
+def plot_curves(workdir: str, config=None) -> str:
+  """workdir/plots/curves.png of metrics.jsonl (see curves_figure), titled with the
+  method, the run (the workdir's name) and its last step."""
+  series = metric_series(workdir)
+  last = max((int(steps[-1]) for steps, _ in series.values() if len(steps)), default=0)
+  method = config.method if config is not None else ""
+  title = f"{method}  |  run {os.path.basename(os.path.normpath(workdir))}  |  step {last}"
+  fig = curves_figure(series, config, title.strip(" |"))
   path = os.path.join(plots_dir(workdir), "curves.png")
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -177,7 +251,7 @@ def write_at_end(workdir, method, config, variables, test, mesh) -> list[str]:
                                     config.eval.batch_size, config.image_size)
   if jax.process_index() != 0:
     return []
-  paths = [plot_curves(workdir)]
+  paths = [plot_curves(workdir, config)]
   if features is not None:
     paths.append(write_embedding(workdir, features, test.labels[sample], test.classes,
                                  config.seed))
