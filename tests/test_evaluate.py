@@ -109,3 +109,70 @@ def test_tsne_keeps_clusters_apart(tmp_path):
   assert (labels[d.argmin(axis=1)] == labels).mean() == 1.0
   path = plots.plot_embedding(points, labels, ("a", "b", "c"), str(tmp_path / "e.png"))
   assert open(path, "rb").read(4) == PNG
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("epochs", 0), ("epochs", -3), ("batch_size", -4), ("base_lr", 0.0), ("base_lr", -0.1),
+    ("weight_decay", -1e-6), ("label_fraction", 0.0), ("label_fraction", 1.5),
+    ("temperature", 0.0), ("label_weight", 2.0), ("teacher_epochs", -1),
+    ("finetune_layer", -2),
+])
+def test_out_of_range_evaluate_flags_are_one_line_errors(flag, value):
+  config_lib.check_evaluate_flags({"epochs": None, "base_lr": None})   # unset: the defaults
+  with pytest.raises(ConfigError) as e:
+    config_lib.check_evaluate_flags({"epochs": None, flag: value})
+  assert str(e.value).startswith(f"--{flag}={value!r} must ") and "\n" not in str(e.value)
+
+
+def test_finetune_epochs_zero_is_refused_not_the_default():
+  from ssl_jax.evaluate import finetune  # pylint: disable=import-outside-toplevel
+  with pytest.raises(ConfigError, match="--epochs=0 must be >= 1"):
+    finetune.validate_settings(finetune.Settings(epochs=0))
+  finetune.validate_settings(finetune.Settings())   # unset: the protocol's default
+
+
+def test_evaluate_cli_refuses_bad_flags_in_one_line(tmp_path):
+  proc = run("ssl_jax.evaluate", f"--workdir={tmp_path}", "--protocol=linear", "--epochs=0",
+             cache=str(tmp_path))
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+      "error: --epochs=0 must be an integer >= 1; leave it unset for the protocol's default"]
+
+
+def test_curves_put_accuracies_on_their_own_axis_with_baselines(tmp_path):
+  """A 40-step log with monitors at 20 and 40 and the final random-init evaluation."""
+  workdir = tmp_path / "myrun"
+  workdir.mkdir()
+  rng = np.random.default_rng(0)
+  lines = [{"step": s, "loss": 5 - s / 20 + rng.normal(), "lr": 0.1, "embedding_std": 0.08,
+            "online_train_loss": 2.3, "online_train_top1": 0.1 + s / 400} for s in range(1, 41)]
+  lines += [{"step": 20, "knn_top1": 0.3, "online_top1": 0.25},
+            {"step": 40, "knn_top1": 0.4, "online_top1": 0.35, "knn_top1_random_init": 0.2,
+             "knn_top1_best": 0.4, "knn_top5": 0.8}]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  config = config_lib.base_config()
+  config.head.out_dim = 64
+  fig = plots.curves_figure(plots.metric_series(str(workdir)), config, "simclr | run myrun")
+  axes = {ax.get_title(): ax for ax in fig.axes if ax.axison}
+  accuracy = axes["accuracy: kNN and online probe"]
+  labels = [line.get_label() for line in accuracy.lines]
+  assert "knn_top1" in labels and "online_top1" in labels
+  assert not any("loss" in label for label in labels)   # the probe's loss has its own panel
+  assert "online_train_loss" in axes and accuracy.get_ylabel() == "top-1 accuracy"
+  baseline = accuracy.lines[labels.index("knn_top1, random init")]
+  assert baseline.get_linestyle() == "--" and list(baseline.get_ydata()) == [0.2, 0.2]
+  assert accuracy.get_ylim()[0] == 0 and accuracy.get_ylim()[1] <= 1
+  std = axes["embedding_std"]
+  assert [list(l.get_ydata()) for l in std.lines if l.get_linestyle() == ":"] == [[0.125] * 2]
+  loss = axes["loss"]
+  raw, smooth = (np.asarray(l.get_ydata()) for l in loss.lines)
+  assert len(raw) == len(smooth) == 40 and loss.get_ylabel() == "loss"
+  np.testing.assert_allclose(smooth, plots.smoothed(raw))
+  assert np.std(np.diff(smooth)) < np.std(np.diff(raw)) / 3
+  assert fig._suptitle.get_text() == "simclr | run myrun"  # pylint: disable=protected-access
+  path = plots.plot_curves(str(workdir), config)
+  assert open(path, "rb").read(4) == PNG
+
+
+def test_smoothing_is_a_debiased_moving_average():
+  np.testing.assert_allclose(plots.smoothed(np.array([2.0, 2.0, 2.0])), [2.0, 2.0, 2.0])
+  np.testing.assert_allclose(plots.smoothed(np.array([0.0, 1.0]), 0.5), [0.0, 0.5 / 0.75])

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ssl_jax import config as config_lib, parallel
-from ssl_jax.data import augment, pipeline, tf_sources
+from ssl_jax.data import augment, pipeline, sources, tf_sources
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import knn, linear, protocols, workdir as workdir_lib
@@ -95,9 +95,13 @@ def test_corrupt_files_are_skipped_and_counted(folder, mesh):
   seen = np.concatenate([b["index"] for b in take(data, 0, 2)])   # one whole epoch
   assert len(seen) == 26 and not bad & set(seen.tolist())
   assert data.skipped == 2 and data.bad_files == bad
+  names = sorted(str(folder / "train" / n) for n in ("a/garbage.jpg", "b/truncated.jpg"))
+  assert data.skipped_files == names
   split = pipeline.EvalSplit(data.source, 16, batch_size=10)
   images = np.concatenate(list(split.images))
   assert images.shape == (24, 16, 16, 3) and split.skipped == 2
+  assert split.skipped_files == names == list(sources.load_split(
+      f"image_folder:{folder}", "train", image_size=16).skipped_files)   # as in memory
   np.testing.assert_array_equal(split.labels, np.repeat([0, 1], 12))
 
 
@@ -229,6 +233,22 @@ def test_input_pipeline_field_is_validated_and_resolved():
   assert not pipeline.use_tfdata(c)
 
 
+def test_both_input_paths_refuse_crops_larger_than_the_images(tmp_path, mesh):
+  write_folder(tmp_path, 2, sizes=((32, 32),))
+  write_folder(tmp_path, 2, split="test", sizes=((32, 32),))
+  c = config_lib.base_config()
+  c.update(dataset=f"image_folder:{tmp_path}", image_size=64, batch_size=2)
+  with pytest.raises(ConfigError) as memory:
+    sources.load_splits(c)
+  with pytest.raises(ConfigError) as streamed:
+    pipeline.load(c, [View(size=64)], mesh)
+  assert str(streamed.value) == str(memory.value) == (
+      f"config.image_size=64 is larger than the 32x32 images of image_folder:{tmp_path}; "
+      "use config.image_size <= 32")
+  c.image_size = 32
+  assert len(pipeline.load(c, [View(size=32)], mesh)[0]) == 4
+
+
 def test_cli_trains_through_tfdata_on_an_image_folder(folder, tmp_path):
   workdir = tmp_path / "run"
   proc = run_cli("--config=configs/simclr_v2.py:smoke", f"--workdir={workdir}",
@@ -238,7 +258,11 @@ def test_cli_trains_through_tfdata_on_an_image_folder(folder, tmp_path):
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines[:3]] == [1, 2, 3] and all(l["loss"] > 0 for l in lines[:3])
   result = json.loads((workdir / "eval.json").read_text())
-  assert result["skipped_files"] == 2 and result["train_images"] == 26
+  in_memory = sources.load_split(f"image_folder:{folder}", "train", image_size=16)
+  assert result["skipped_files"] == in_memory.skipped == 2
+  assert result["train_images"] == len(in_memory) == 24   # the decodable ones, on both paths
+  listed = (workdir / "skipped_files.txt").read_text().splitlines()
+  assert listed == list(in_memory.skipped_files) and "skipped_files.txt" in proc.stdout
   assert 0.0 < result["knn_top1"] <= 1.0
   # The evaluation CLI streams the same splits (nothing of a large data set in memory).
   run = workdir_lib.load_run(str(workdir))

@@ -109,8 +109,35 @@ def test_corrupt_and_truncated_files_are_skipped(folder, caplog):
     ds = sources.load_split(f"image_folder:{folder}", "train")
   assert ds.skipped == 2 and len(ds) == 6
   np.testing.assert_array_equal(ds.images, _expected()[0])
+  assert ds.skipped_files == (os.path.join(cat_dir, "cut.jpg"), os.path.join(cat_dir, "junk.jpg"))
   warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
   assert len(warnings) == 1 and "skipped 2 of 8" in warnings[0].getMessage()
+  assert "cut.jpg" in warnings[0].getMessage() and "junk.jpg" in warnings[0].getMessage()
+
+
+def test_skipped_files_are_named_and_listed_in_the_workdir(tmp_path, capsys):
+  names = [f"/data/bad{i}.jpg" for i in range(7)]
+  path = sources.report_skipped(str(tmp_path), names[::-1])
+  assert open(path).read().splitlines() == names
+  shown = capsys.readouterr().out
+  assert "Skipped 7 image files" in shown and "/data/bad4.jpg, ... (2 more)" in shown
+  assert "bad5" not in shown and path in shown
+  assert sources.report_skipped(str(tmp_path / "other"), []) is None
+
+
+def test_pack_leaves_out_undecodable_files(folder, tmp_path, capsys):
+  junk = os.path.join(folder, "train", "a_cat", "junk.jpg")
+  with open(junk, "wb") as f:
+    f.write(b"not an image")
+  out = str(tmp_path / "packed.npz")
+  skipped = []
+  assert sources.pack_image_folder(folder, out, skipped=skipped) == {"test": 6, "train": 6}
+  assert skipped == [junk]
+  ds = sources.load_split(f"packed:{out}", "train")
+  assert len(ds) == 6 and ds.skipped == 0
+  np.testing.assert_array_equal(ds.labels, _expected()[1])
+  assert pack.main([folder, out]) == 0
+  assert f"left out 1 files that could not be decoded:\n  {junk}" in capsys.readouterr().out
 
 
 def test_unlabeled_split_of_loose_files(folder):
@@ -163,6 +190,9 @@ def test_not_a_packed_file(tmp_path):
   (tmp_path / "junk.npz").write_bytes(b"not a zip")
   with pytest.raises(ConfigError, match="config.dataset"):
     sources.load_split(f"packed:{tmp_path / 'junk.npz'}", "train")
+  (tmp_path / "empty.npz").write_bytes(b"")
+  with pytest.raises(ConfigError, match=r"config.dataset=.*empty.npz is not a readable .npz"):
+    sources.load_split(f"packed:{tmp_path / 'empty.npz'}", "train")
 
 
 def test_pack_round_trip_is_bitwise(folder, tmp_path):
