@@ -72,6 +72,8 @@ def config_help(spec: str) -> str:
 
   def lines(node, prefix):
     for key, value in node.items():
+      if prefix + key == "run":   # filled in by the training
+        continue
       if isinstance(value, ml_collections.ConfigDict):
         yield from lines(value, f"{prefix}{key}.")
       else:

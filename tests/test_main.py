@@ -10,8 +10,10 @@ import pytest
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def run_cli(*args, timeout=600):
+def run_cli(*args, timeout=600, unset=()):
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")   # one device, as a user has
+  for name in unset:
+    env.pop(name, None)
   return subprocess.run([sys.executable, "-m", "ssl_jax.main", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
@@ -34,9 +36,17 @@ def smoke_run(name, workdir, *args):
 @pytest.mark.parametrize("config", ["configs/simclr_v1.py:smoke", "configs/simclr_v2.py:smoke"])
 def test_smoke_run_through_the_cli(config, tmp_path):
   workdir = tmp_path / "run"
-  proc = run_cli(f"--config={config}", f"--workdir={workdir}", "--config.seed=1")
+  proc = run_cli(f"--config={config}", f"--workdir={workdir}", "--config.seed=1",
+                 unset=["TF_CPP_MIN_LOG_LEVEL"])   # as a user runs it: no quieting set
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "step 3/3" in proc.stdout and "img/s" in proc.stdout and "ETA" in proc.stdout
+  # The first screen: a short header, not the config, and no library start-up notices.
+  before = proc.stdout.split("compiling the training step...")[0].strip().splitlines()
+  assert len(before) == 4 and before[0].startswith("simclr | 3 steps = 0.0 epochs of 156 | "
+                                                   "global batch 32 on 1 cpu device(s)")
+  assert "5,000 training / 1,000 eval images" in before[1] and "ResNet-18" in before[2]
+  assert before[3] == f"  workdir  {workdir} (the whole config: {workdir}/config.json)"
+  assert "oneDNN" not in proc.stderr and "libtpu" not in proc.stderr, proc.stderr[:2000]
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["seed"] == 1 and saved["method"] == "simclr"
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -56,6 +66,8 @@ def test_smoke_run_through_the_cli(config, tmp_path):
      "error: unknown config field 'nonsense'"),
     (["--config=configs/simclr_v2.py:imagenet"], "error: config variant 'imagenet' is unknown"),
     (["--config=configs/no_such_method.py"], "error: config file 'configs/no_such_method.py'"),
+    (["--config=configs/simclr_v2.py:smoke", "--config.augment.crop_scale=0.5"],
+     "error: config.augment.crop_scale=(0.5,) must be a pair (min, max)"),
 ])
 def test_bad_command_lines_give_one_clear_line(args, message, tmp_path):
   proc = run_cli(*args, f"--workdir={tmp_path}", timeout=120)
@@ -70,3 +82,45 @@ def test_config_error_exits_with_one_line(tmp_path):
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
   assert "config.dataset" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_config_file_that_is_not_python_is_one_line(tmp_path):
+  (tmp_path / "config.yaml").write_text("method: simclr\nbatch_size: [256\n")
+  proc = run_cli(f"--config={tmp_path / 'config.yaml'}", f"--workdir={tmp_path}", timeout=120)
+  assert proc.returncode != 0 and "Traceback" not in proc.stderr
+  assert proc.stderr.startswith(f"error: config file '{tmp_path / 'config.yaml'}' is not Python")
+
+
+def test_help_lists_methods_and_variants_and_a_configs_fields():
+  proc = run_cli("--help", timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
+  for name in ("byol", "cmc", "cpc", "dino", "instdisc", "invaspread", "moco_v1", "moco_v2",
+               "moco_v3", "simclr_v1", "simclr_v2", "simsiam", "swav"):
+    assert {"cifar10", "quickstart", "smoke"} <= set(rows[name].replace(",", "").split()), name
+  assert "SimCLR v2 (Chen et al. 2020c)" in rows["simclr_v2"]
+  assert "cifar10_vit, quickstart, resnet50, smoke, vitb16" in rows["dino"]
+  assert "--config=configs/simclr_v2.py:quickstart --help" in proc.stdout
+  proc = run_cli("--config=configs/simclr_v2.py:quickstart", "--help", timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "  --config.optimizer.base_lr=1.0" in proc.stdout.splitlines()
+  assert "--config.run." not in proc.stdout   # filled in by the training
+  assert "  --config.augment.crop_scale=(0.2, 1.0)" in proc.stdout.splitlines()
+
+
+def test_the_rate_and_eta_start_after_the_compilation(monkeypatch, capsys):
+  from ssl_jax import metrics  # pylint: disable=import-outside-toplevel
+  clock = [1000.0]
+  monkeypatch.setattr(metrics.time, "time", lambda: clock[0])
+  progress = metrics.Progress(total_steps=110, start_step=0, global_batch=32,
+                              steps_per_epoch=10)
+  progress.compiling()
+  clock[0] += 90.0   # compiling
+  progress.compiled()
+  clock[0] += 5.0    # 10 steps at 2 steps/s
+  line = progress.line(10, {"loss": 1.0})
+  assert "2.00 steps/s | 64 img/s | ETA 0m50s" in line
+  progress.restart_clock()   # after a kNN monitor
+  clock[0] += 2.0
+  assert "5.00 steps/s" in progress.line(20, {})
+  assert capsys.readouterr().out == "compiling the training step...\ncompiled in 1m30s\n"
