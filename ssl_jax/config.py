@@ -3,7 +3,8 @@
 Configs are Python files in configs/ whose `get_config(arg)` starts from `base_config()`
 and sets what its method and variant need. Fields a method does not use keep their
 defaults. `validate` turns every mistake it can see into one ConfigError line that names
-the field and the fix.
+the field and the fix; the valid values of every number are in one table, `RANGES` (with
+`NAME_RULES` for method sections, and `EVALUATE_FLAG_RANGES` for the evaluate CLI).
 """
 import dataclasses
 import numbers

@@ -41,8 +41,8 @@ HELP = """Pretrains a self-supervised image representation and evaluates it (kNN
 Methods (configs/<method>.py) and their variants (none = the paper's setting):
 {methods}
 
-A config's fields and values:  python -m ssl_jax.main --config=configs/simclr_v2.py:quickstart --help
-Evaluating a trained workdir:  python -m ssl_jax.evaluate --help"""
+A config's fields and values: python -m ssl_jax.main --config=configs/simclr_v2.py:quickstart --help
+Evaluating a trained workdir: python -m ssl_jax.evaluate --help"""
 
 
 def load_config_module(path: str):

@@ -113,7 +113,8 @@ OUT_OF_RANGE = [
     ("simclr_v2", "loss.temperature", 0.0), ("simclr_v2", "loss.temperature", -0.1),
     ("simclr_v2", "eval.knn_temperature", 0.0),
     ("simclr_v2", "augment.crop_scale", (0.5,)),   # what --config.augment.crop_scale=0.5 gives
-    ("simclr_v2", "augment.crop_scale", (0.5, 0.2)), ("simclr_v2", "augment.crop_scale", (0.0, 1.0)),
+    ("simclr_v2", "augment.crop_scale", (0.5, 0.2)),
+    ("simclr_v2", "augment.crop_scale", (0.0, 1.0)),
     ("simclr_v2", "augment.crop_ratio", (4 / 3, 3 / 4)),
     ("simclr_v2", "optimizer.weight_decay", -1e-4), ("simclr_v2", "optimizer.momentum", 1.5),
     ("simclr_v2", "optimizer.warmup_epochs", -1.0),

@@ -19,14 +19,16 @@ Unset flags take the protocol's defaults; a smoke workdir takes seconds with --e
 was started (the same --coordinator_address/--num_processes/--process_id, or the pod's
 or cluster's launcher); process 0 writes eval.json.
 """
+import os
 import sys
 
-from absl import app, flags
-import jax
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TF's start-up notices, as main.py
+from absl import app, flags, logging  # pylint: disable=wrong-import-position
+import jax  # pylint: disable=wrong-import-position
 
-from ssl_jax import config as config_lib, distributed
-from ssl_jax.errors import ConfigError
-from ssl_jax.evaluate import protocols
+from ssl_jax import config as config_lib, distributed  # pylint: disable=wrong-import-position
+from ssl_jax.errors import ConfigError  # pylint: disable=wrong-import-position
+from ssl_jax.evaluate import protocols  # pylint: disable=wrong-import-position
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
 _PROTOCOL = flags.DEFINE_enum("protocol", "knn", protocols.PROTOCOLS, "Evaluation protocol.")
@@ -69,6 +71,8 @@ def settings(protocol: str):
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:   # JAX's INFO lines (TPU backend...)
+    logging.set_verbosity(logging.WARNING)
   distributed.start_from_flags()   # every process of a multi-host run evaluates together
   try:
     result = protocols.evaluate(_WORKDIR.value, _PROTOCOL.value, settings(_PROTOCOL.value))
