@@ -102,8 +102,13 @@ def bench_epochs(spec: str, overrides=(), epochs: int = 2, steps: int = 20,
 
 
 def main(_):
+  for spec in FLAGS.configs:   # a misspelt config or field stops here, before any compile
+    bench_step.load_config(spec, FLAGS.override)
   for spec in FLAGS.configs:
-    bench_step.emit(bench_epochs(spec, FLAGS.override, FLAGS.epochs, FLAGS.steps, FLAGS.knn))
+    try:
+      bench_step.emit(bench_epochs(spec, FLAGS.override, FLAGS.epochs, FLAGS.steps, FLAGS.knn))
+    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: go on
+      bench_step.emit(bench_step.error_record(spec, e))
 
 
 if __name__ == "__main__":

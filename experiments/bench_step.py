@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 # pylint: disable=wrong-import-position
 from ssl_jax import config as config_lib, methods, models, optim  # noqa: E402
 from ssl_jax import parallel, train  # noqa: E402
+from ssl_jax.errors import ConfigError  # noqa: E402
 from ssl_jax.state import state_initializer  # noqa: E402
 
 flags.DEFINE_list("configs", ["configs/simclr_v1.py:cifar10"],
@@ -59,7 +60,8 @@ FLAGS = flags.FLAGS
 
 def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
   """`path.py[:variant]` with `field=value` overrides, parsed by ml_collections' config_flags
-  exactly as `--config=spec --config.field=value` on ssl_jax/main.py's command line."""
+  exactly as `--config=spec --config.field=value` on ssl_jax/main.py's command line, and
+  validated; a mistake exits with one line."""
   argv = ["bench", f"--config={spec}", *[f"--config.{o}" for o in overrides]]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True,
@@ -73,6 +75,10 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     # main.py's one-line messages; imported only here, as importing it defines its flags.
     from ssl_jax.main import flag_error_message  # pylint: disable=import-outside-toplevel
     raise SystemExit(f"error: {spec}: {flag_error_message(e)}") from e
+  try:
+    config_lib.validate(config, jax.device_count())
+  except ConfigError as e:
+    raise SystemExit(f"error: {spec}: {e}") from e
   return config
 
 
@@ -88,8 +94,7 @@ def fill_run_fields(config, num_train_examples: int):
 
 
 def build(config, mesh, num_train_examples: int, num_classes: int):
-  """(method, jitted train step, replicated initial state) for `config`."""
-  config_lib.validate(config, jax.device_count())
+  """(method, jitted train step, replicated initial state) for a validated `config`."""
   method = methods.get(config.method)
   schedule, tx = fill_run_fields(config, num_train_examples)
   state = state_initializer(method, config, tx, mesh, num_classes)(jax.random.key(config.seed))
@@ -176,7 +181,10 @@ def bench(spec: str, overrides=(), steps: int = 20, warmup: int = 3,
   if profile_dir:
     where = os.path.join(profile_dir, f"{config.method}_{variant or 'default'}")
     record["profile"] = where
-    record["top_ops"] = profile(compiled, state, batch, profile_steps, where)
+    try:
+      record["top_ops"] = profile(compiled, state, batch, profile_steps, where)
+    except Exception as e:  # pylint: disable=broad-except  # the timing stands without it
+      record["top_ops"] = error_record(spec, e)["error"]
   return record
 
 
@@ -224,10 +232,20 @@ def emit(record: dict):
       f.write(line + "\n")
 
 
+def error_record(spec: str, e: Exception) -> dict:
+  text = str(e).splitlines()[0][:300] if str(e) else ""
+  return {"config": spec, "error": f"{type(e).__name__}: {text}"}
+
+
 def main(_):
+  for spec in FLAGS.configs:   # a misspelt config or field stops here, before any compile
+    load_config(spec, FLAGS.override)
   for spec in FLAGS.configs:
-    emit(bench(spec, FLAGS.override, FLAGS.steps, FLAGS.warmup, FLAGS.num_train_examples,
-               FLAGS.num_classes, FLAGS.profile_dir, FLAGS.profile_steps))
+    try:
+      emit(bench(spec, FLAGS.override, FLAGS.steps, FLAGS.warmup, FLAGS.num_train_examples,
+                 FLAGS.num_classes, FLAGS.profile_dir, FLAGS.profile_steps))
+    except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory: go on
+      emit(error_record(spec, e))
 
 
 if __name__ == "__main__":
