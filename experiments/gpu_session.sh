@@ -18,6 +18,8 @@
 #   3. The SimCLR CIFAR-10 epoch from .packed/cifar10.npz (bench_epoch.py), with one kNN.
 #   2. The other methods at their cifar10 variant (ResNet-18, 32 px, batch 512).
 #   -  PyTorch DINO with torch.compile, last (it did not finish compiling in 100 s before).
+# `run PART...` runs only the parts named (the names `part` gives below), e.g. in a second
+# call what the first one's budget left out: `run other_methods_jax dino_torch_compile`.
 # Files under $OUT: results.jsonl (every JSON line), summary.md (the table), session.log,
 # env.txt, profile.tar.gz (the traces).
 #
@@ -49,6 +51,7 @@ OUT=${OUT:-/tmp/gpu_session_out}
 TINY=${TINY:-0}
 PACKED=${PACKED:-.packed/cifar10.npz}
 BUDGET_S=${BUDGET_S:-450}
+PARTS=""   # `run PART...`: only these parts
 START=$(date +%s)
 LOG=$OUT/session.log
 RESULTS=$OUT/results.jsonl
@@ -58,6 +61,7 @@ RESULTS=$OUT/results.jsonl
 part() {
   local name=$1 cap=$2 left
   shift 2
+  if [ -n "$PARTS" ] && [[ " $PARTS " != *" $name "* ]]; then return; fi
   left=$((BUDGET_S - ($(date +%s) - START)))
   { [ "$cap" -gt "$left" ] || [ "$TINY" = 1 ]; } && cap=$left   # a CPU check: no caps
   if [ "$cap" -lt 20 ]; then
@@ -101,7 +105,7 @@ for r in rows:
   print("| " + " | ".join(str(c) for c in cells) + " |")
 for r in rows:
   if r.get("top_ops"):
-    print(f"\nTop ops of {r['config']} (op, ms per step, share):\n")
+    print(f"\nTop ops of {r['part']}, {r['config']} (op, ms per step, share):\n")
     for op in r["top_ops"] if isinstance(r["top_ops"], list) else [r["top_ops"]]:
       print(f"- {op}")
 EOF
@@ -154,6 +158,6 @@ run() {
 
 case "${1:-}" in
   prepare) prepare ;;
-  run) run ;;
+  run) shift; PARTS="$*"; run ;;
   *) echo "usage: bash experiments/gpu_session.sh prepare|run" >&2; exit 2 ;;
 esac
