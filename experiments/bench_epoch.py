@@ -26,10 +26,11 @@ from absl import app, flags
 import jax
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_step  # noqa: E402  pylint: disable=wrong-import-position
-from ssl_jax import methods, metrics as metrics_lib, parallel, train  # noqa: E402  pylint: disable=wrong-import-position
-from ssl_jax.evaluate import knn  # noqa: E402  pylint: disable=wrong-import-position
-from ssl_jax.state import eval_variables  # noqa: E402  pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+import bench_step  # noqa: E402  (puts this checkout's ssl_jax first on the path)
+from ssl_jax import methods, metrics as metrics_lib, parallel, train  # noqa: E402
+from ssl_jax.evaluate import knn  # noqa: E402
+from ssl_jax.state import eval_variables  # noqa: E402
 
 flags.DEFINE_integer("epochs", 2, "Whole epochs timed per config.")
 flags.DEFINE_bool("knn", False, "Also time one kNN evaluation (train split -> eval split).")

@@ -40,8 +40,8 @@ prepare() {
     python -m ssl_jax.data.pack "${CIFAR10_DIR:-../shared/datasets/cifar10}" .packed/cifar10.npz
   cp ../shared/bench/torch_simclr_step.py ../shared/bench/torch_dino_step.py .packed/bench/
   rm -rf .packed/site/ml_collections
-  cp -r "$(python -c 'import ml_collections, os; print(os.path.dirname(ml_collections.__file__))')" \
-    .packed/site/
+  local where='import ml_collections, os; print(os.path.dirname(ml_collections.__file__))'
+  cp -r "$(python -c "$where")" .packed/site/
   find .packed/site -name __pycache__ -prune -exec rm -rf {} +
   du -sh .packed
   echo "carry .packed; with the tracked files it must stay under 64 MiB"
@@ -98,7 +98,8 @@ for r in rows:
   cells = [r["part"], r["framework"], r.get("config", ""),
            r.get("model", ""), r.get("views", r.get("crops", r.get("res", ""))),
            r.get("images_per_step", r.get("images", r.get("batch", ""))),
-           r.get("images_per_s", r.get("img_s", "")), r.get("step_ms", r.get("resident_step_ms", "")),
+           r.get("images_per_s", r.get("img_s", "")),
+           r.get("step_ms", r.get("resident_step_ms", "")),
            r.get("tflops_per_s", ""), r.get("compile_s", r.get("warm_s", "")),
            f"{peak / 2**30:.1f}" if peak else "", r.get("epoch_s", ""),
            r.get("device_idle_share", r.get("error", ""))]
@@ -123,7 +124,8 @@ run() {
   { date -u; nvidia-smi 2>&1 | head -15
     python3 -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__,
       'optax', optax.__version__, jax.devices())" 2>&1; } > "$OUT/env.txt"
-  local methods="instdisc invaspread cpc cmc moco_v1 moco_v2 moco_v3 simclr_v2 swav byol simsiam dino"
+  local methods="instdisc invaspread cpc cmc moco_v1 moco_v2 moco_v3 simclr_v2 swav byol simsiam"
+  methods="$methods dino"
   local r18=configs/simclr_v1.py:cifar10 r50=configs/simclr_v1.py dino=configs/dino.py
   local steps=(--steps=20 --warmup=3) r50_batch=256 dino_batch=128 epochs=3 variant=cifar10
   if [ "$TINY" = 1 ]; then
