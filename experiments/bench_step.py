@@ -158,7 +158,9 @@ def peak_device_bytes():
 def bench(spec: str, overrides=(), steps: int = 20, warmup: int = 3,
           num_train_examples: int = 50_000, num_classes: int = 10,
           profile_dir: str = "", profile_steps: int = 5) -> dict:
-  """Builds, compiles and times one config's train step; returns its JSON-ready record."""
+  """Builds, compiles and times one config's train step; returns its JSON-ready record.
+  With `profile_dir`, emits that record, traces `profile_steps` more steps and returns the
+  trace's record (where it is, its top ops)."""
   config = load_config(spec, overrides)
   mesh = parallel.make_mesh()
   method, step, state = build(config, mesh, num_train_examples, num_classes)
@@ -178,14 +180,17 @@ def bench(spec: str, overrides=(), steps: int = 20, warmup: int = 3,
       "dtype": np.dtype(models.compute_dtype(config.dtype, jax.default_backend())).name,
       "step_memory_bytes": step_bytes, "peak_device_bytes": peak_device_bytes(),
       "timed_steps": steps}
-  if profile_dir:
-    where = os.path.join(profile_dir, f"{config.method}_{variant or 'default'}")
-    record["profile"] = where
-    try:
-      record["top_ops"] = profile(compiled, state, batch, profile_steps, where)
-    except Exception as e:  # pylint: disable=broad-except  # the timing stands without it
-      record["top_ops"] = error_record(spec, e)["error"]
-  return record
+  if not profile_dir:
+    return record
+  # The timing line goes out first: a profiler that fails or hangs cannot take it along.
+  emit(record)
+  where = os.path.join(profile_dir, f"{config.method}_{variant or 'default'}")
+  try:
+    ops = profile(compiled, state, batch, profile_steps, where)
+  except Exception as e:  # pylint: disable=broad-except
+    ops = error_record(spec, e)["error"]
+  return {key: record[key] for key in ("method", "variant", "config", "overrides", "device")
+          } | {"profile": where, "profiled_steps": profile_steps, "top_ops": ops}
 
 
 def profile(compiled, state, batch, steps: int, where: str, top: int = 15) -> list:

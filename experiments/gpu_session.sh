@@ -94,6 +94,8 @@ print("| part | framework | config | model | views | images/step | images/s | st
       "TFLOP/s | compile s | peak GiB | s/epoch | device idle |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for r in rows:
+  if "top_ops" in r:   # a trace's line: listed below the table
+    continue
   peak = r.get("peak_device_bytes")
   cells = [r["part"], r["framework"], r.get("config", ""),
            r.get("model", ""), r.get("views", r.get("crops", r.get("res", ""))),
