@@ -1,11 +1,15 @@
 """Command line: `python -m ssl_jax.main --config=configs/simclr_v2.py:cifar10 --workdir=runs/x`.
 
 Fields are overridden with `--config.field=value`. The resolved config is printed and
-written to workdir/config.json before training starts.
+written to workdir/config.json once the run is accepted (ssl_jax/rundir.py), just before
+training starts.
 """
 import os
 import re
 import sys
+import threading
+import time
+import traceback
 
 from absl import app, flags
 import jax
@@ -66,17 +70,31 @@ def main(argv):
   if chief:
     print(config)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    if chief:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
     train.train_and_evaluate(config, workdir)
   except (ConfigError, OSError, FloatingPointError) as e:
-    sys.exit(f"error: {e}")
+    error_exit(f"error: {e}")
   except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
-      raise
-    lost_process_exit(e, workdir)
+    if jax.process_count() > 1:
+      lost_process_exit(e, workdir)
+    error_exit(traceback.format_exc())
+  except Exception:  # pylint: disable=broad-except
+    error_exit(traceback.format_exc())
+
+
+def error_exit(message: str, grace_s: float = 10.0):
+  """Prints `message` and exits with 1, within `grace_s` even when threads are left that
+  would keep the process alive (a failed asynchronous checkpoint write leaves orbax's
+  threads waiting minutes for a directory that never comes)."""
+  print(message.rstrip(), file=sys.stderr, flush=True)
+  deadline = time.monotonic() + grace_s
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and not thread.daemon:
+      thread.join(max(deadline - time.monotonic(), 0))
+  if any(t.is_alive() and not t.daemon for t in threading.enumerate()
+         if t is not threading.current_thread()):
+    sys.stdout.flush()
+    os._exit(1)   # pylint: disable=protected-access
+  sys.exit(1)
 
 
 def lost_process_exit(error: Exception, workdir: str):

@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,17 @@ def poisoned(params, state, batch, rng, step, *, config):
 simclr.loss_fn = poisoned
 app.run(main.main)
 """
+# The CLI with every asynchronous checkpoint write failing in the background, as on a full
+# disk or an unwritable checkpoints/ (root ignores permissions, so it is injected here).
+FAILING_SAVES_MAIN = """
+from absl import app
+from orbax.checkpoint._src.path import atomicity
+from ssl_jax import main
+async def full_disk(*args, **kwargs):
+  raise OSError(28, "No space left on device")
+atomicity._create_paths = full_disk
+app.run(main.main)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +59,11 @@ def compile_cache(tmp_path_factory):
   return str(path)
 
 
-def cli(workdir, stderr_path, cache, nan_from_step=None):
+def cli(workdir, stderr_path, cache, nan_from_step=None, program=None):
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",   # one device, as a user has
              JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  program = ["-m", "ssl_jax.main"]
+  program = ["-c", program] if program else ["-m", "ssl_jax.main"]
   if nan_from_step is not None:
     program = ["-c", POISONED_MAIN]
     env["NAN_FROM_STEP"] = str(nan_from_step)
@@ -187,6 +199,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted,
   _, state, step = restore(tmp_path)
   assert step == EVERY
   assert all(np.isfinite(x).all() for x in leaves(state) if x.dtype.kind == "f")
+
+
+def test_a_failed_background_write_ends_the_process_at_once(uninterrupted, tmp_path,
+                                                            compile_cache):
+  del uninterrupted   # run first: it fills the compile cache
+  proc = cli(tmp_path, tmp_path / "stderr.txt", compile_cache, program=FAILING_SAVES_MAIN)
+  try:
+    deadline = time.monotonic() + 600
+    while "\nerror: " not in (tmp_path / "stderr.txt").read_text() and proc.poll() is None:
+      assert time.monotonic() < deadline
+      time.sleep(1)
+    proc.wait(timeout=60)   # orbax's threads kept it alive for 300 s after the error
+  finally:
+    proc.kill()
+    proc.communicate()
+  err = (tmp_path / "stderr.txt").read_text()
+  assert proc.returncode == 1, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith(
+      f"error: could not write checkpoints in {tmp_path}/checkpoints: OSError: [Errno 28] "
+      "No space left on device")
 
 
 def test_keeps_the_last_k_plus_the_best_and_restores_exactly(tmp_path):
