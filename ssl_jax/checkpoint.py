@@ -6,7 +6,9 @@ state and a small JSON record of the input position; the in-memory loader's batc
 s is a pure function of (seed, s), so the position is the step. Orbax writes into a
 temporary directory and renames it when complete, so an interrupted save never looks
 like a checkpoint; one that is complete but unreadable (a damaged disk, a truncated copy)
-is moved aside to checkpoints.corrupt/ and the previous one is used, with a warning.
+is moved aside to checkpoints.corrupt/<step> (<step>.1... when an earlier copy is there)
+and the previous one is used, with a one-line warning. A failed background write is raised
+by the next save or by close(), which closes the manager all the same.
 """
 import contextlib
 import logging
@@ -151,11 +153,9 @@ class Checkpointer:
     would otherwise keep the process alive after the error)."""
     try:
       self.wait()
-    except BaseException:
-      with contextlib.suppress(Exception):   # the error is the one wait() raises
+    finally:
+      with contextlib.suppress(Exception):   # a failed save's error is the one wait() raised
         self.manager.close()
-      raise
-    self.manager.close()
 
   def __enter__(self):
     return self

@@ -156,19 +156,39 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(uninterrupted, tmp_
   previous, latest = saved_steps(workdir)[-2:]
   # A half-written save (orbax's temporary directory) is never taken for a checkpoint ...
   os.makedirs(workdir / "checkpoints" / f"{latest + EVERY}.orbax-checkpoint-tmp-1" / "state")
-  # ... and a complete one whose files were damaged is skipped and moved aside.
+  # ... and a complete one whose array files were damaged is skipped and moved aside, in
+  # one line, next to the copy an earlier set-aside of the same step left.
   for root, _, files in os.walk(workdir / "checkpoints" / str(latest) / "state"):
     for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"not a checkpoint")
+      if "ocdbt.process_0" in root:
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"not a checkpoint")
+  os.makedirs(workdir / "checkpoints.corrupt" / str(latest))
+  capfd.readouterr()
   ckpt, state, step = restore(workdir, read_only=False)
   assert step == previous
-  assert f"checkpoint step {latest}" in capfd.readouterr().err
+  out, err = capfd.readouterr()
+  assert out == "" and len(err.strip().splitlines()) == 1, err[-3000:]
+  assert err.startswith(f"warning: unreadable checkpoint in {workdir}/checkpoints: step "
+                        f"{latest} (")
+  assert err.strip().endswith(f"moved to {workdir}/checkpoints.corrupt/{latest}.1; using "
+                              f"step {previous}")
   assert os.path.isdir(workdir / "checkpoints.corrupt" / str(latest))
+  assert os.path.isdir(workdir / "checkpoints.corrupt" / f"{latest}.1" / "state")
   assert all(np.isfinite(x).all() for x in leaves(state) if x.dtype.kind == "f")
   ckpt.save(latest, state)   # the step can be saved again, as the resumed run will
   ckpt.close()
   assert saved_steps(workdir)[-1] == latest
+
+
+def test_ctrl_c_asks_to_save_and_stop_like_sigterm_and_twice_stops_at_once():
+  with checkpoint.SigtermFlag() as flag:
+    assert not flag.reached(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert flag.reached(2) and flag.received == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_checkpoint_of_another_config_is_a_clear_error_and_stays(uninterrupted, tmp_path):

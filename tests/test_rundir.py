@@ -19,7 +19,8 @@ def smoke_config(name="simclr_v2"):
 
 
 def write_lock(workdir, pid):
-  holder = {"pid": pid, "host": socket.gethostname(), "started": rundir._start_time(pid),  # pylint: disable=protected-access
+  started = rundir._start_time(pid)  # pylint: disable=protected-access
+  holder = {"pid": pid, "host": socket.gethostname(), "started": started,
             "since": "2026-12-01T10:00:00"}
   (workdir / "lock").write_text(json.dumps(holder))
 
