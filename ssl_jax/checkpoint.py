@@ -202,7 +202,8 @@ class Checkpointer:
     if not unreadable:
       return
     def one(step, aside, error):
-      cause = (str(error).strip().splitlines() or [""])[0][:120]
+      cause = (str(error).strip().splitlines() or [""])[0]
+      cause = cause if len(cause) <= 100 else cause[:100] + "..."
       where = "left in place" if aside is None else f"moved to {aside}"
       return f"step {step} ({type(error).__name__}: {cause}) {where}"
     used = f"using step {used}" if used is not None else "no readable checkpoint is left"
