@@ -86,12 +86,13 @@ def error_exit(message: str, grace_s: float = 10.0):
   would keep the process alive (a failed asynchronous checkpoint write leaves orbax's
   threads waiting minutes for a directory that never comes)."""
   print(message.rstrip(), file=sys.stderr, flush=True)
+  def lingering():
+    return [t for t in threading.enumerate()
+            if t.is_alive() and not t.daemon and t is not threading.current_thread()]
   deadline = time.monotonic() + grace_s
-  for thread in threading.enumerate():
-    if thread is not threading.current_thread() and not thread.daemon:
-      thread.join(max(deadline - time.monotonic(), 0))
-  if any(t.is_alive() and not t.daemon for t in threading.enumerate()
-         if t is not threading.current_thread()):
+  while lingering() and time.monotonic() < deadline:
+    time.sleep(0.1)
+  if lingering():
     sys.stdout.flush()
     os._exit(1)   # pylint: disable=protected-access
   sys.exit(1)
