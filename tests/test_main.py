@@ -87,10 +87,9 @@ def test_bad_command_lines_give_one_clear_line(args, message, tmp_path):
 
 
 def test_a_run_of_another_config_is_refused_and_leaves_the_record(tmp_path):
-  from ssl_jax import rundir  # pylint: disable=import-outside-toplevel
   from test_config import load  # pylint: disable=import-outside-toplevel
-  rundir.write_config(load("simclr_v2").get_config("smoke"), str(tmp_path), {}, 0)
-  record = (tmp_path / "config.json").read_text()
+  record = load("simclr_v2").get_config("smoke").to_json_best_effort(indent=2)
+  (tmp_path / "config.json").write_text(record)
   proc = run_cli("--config=configs/byol.py:smoke", f"--workdir={tmp_path}", timeout=120)
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   message = proc.stderr.strip().splitlines()[-1]
