@@ -6,8 +6,11 @@ state and a small JSON record of the input position; the in-memory loader's batc
 s is a pure function of (seed, s), so the position is the step. Orbax writes into a
 temporary directory and renames it when complete, so an interrupted save never looks
 like a checkpoint; one that is complete but unreadable (a damaged disk, a truncated copy)
-is moved aside to checkpoints.corrupt/ and the previous one is used, with a warning.
+is moved aside to checkpoints.corrupt/<step> (<step>.1... when an earlier copy is there)
+and the previous one is used, with a one-line warning. A failed background write is raised
+by the next save or by close(), which closes the manager all the same.
 """
+import contextlib
 import logging
 import os
 import shutil
@@ -20,6 +23,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from ssl_jax import rundir
 from ssl_jax.errors import ConfigError
 
 
@@ -145,8 +149,13 @@ class Checkpointer:
       raise _io_error("write", self.directory, e) from e
 
   def close(self):
-    self.wait()
-    self.manager.close()
+    """Waits for the saves, then closes the manager, also when a save failed (its threads
+    would otherwise keep the process alive after the error)."""
+    try:
+      self.wait()
+    finally:
+      with contextlib.suppress(Exception):   # a failed save's error is the one wait() raised
+        self.manager.close()
 
   def __enter__(self):
     return self
@@ -158,14 +167,17 @@ class Checkpointer:
     """(restored state, step) from the newest readable checkpoint, or (state, 0).
 
     `state` is the template: concrete arrays or ShapeDtypeStructs; the restored arrays take
-    its shardings, or `sharding` for every leaf when given.
+    its shardings, or `sharding` for every leaf when given. Unreadable checkpoints are set
+    aside with one warning line (orbax logs each failed read with its traceback: silenced).
     """
     target = _target(state, sharding)
+    unreadable = []   # (step, error) of the checkpoints set aside
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
-        saved = _layout(self.manager.item_metadata(step)["state"])
+        with _quiet_logs():
+          saved = _layout(self.manager.item_metadata(step)["state"])
       except Exception as e:  # pylint: disable=broad-except
-        self._set_aside(step, e)
+        unreadable.append((step, self._set_aside(step), e))
         continue
       # A readable checkpoint of another config is the user's, not corrupt: never set aside.
       mismatch = _mismatch(saved, _layout(target))
@@ -174,60 +186,94 @@ class Checkpointer:
                           f"a different config ({mismatch}); resume with the run's own "
                           "config (its config.json) or use a new --workdir")
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), position=ocp.args.JsonRestore()))
+        with _quiet_logs():
+          restored = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target), position=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except
-        self._set_aside(step, e)
+        unreadable.append((step, self._set_aside(step), e))
         continue
+      self._warn(unreadable, step)
       return _loaded(restored["state"]), int(restored["position"]["input_step"])
+    self._warn(unreadable, None)
     return state, 0
 
-  def _set_aside(self, step: int, error: Exception):
-    """Moves an unreadable checkpoint out of the way, so that saving its step again works."""
-    aside = os.path.join(self.directory + ".corrupt", str(step))
-    moved = "" if self.read_only else f"moved to {aside}, "
-    print(f"warning: checkpoint step {step} in {self.directory} is unreadable "
-          f"({type(error).__name__}: {str(error)[:300]}); {moved}trying the previous one",
-          file=sys.stderr, flush=True)
-    if self.read_only:
+  def _warn(self, unreadable: list, used: int | None):
+    """One line for the checkpoints set aside: which, where to, why, and what is used."""
+    if not unreadable:
       return
+    def one(step, aside, error):
+      cause = (str(error).strip().splitlines() or [""])[0]
+      cause = cause if len(cause) <= 100 else cause[:100] + "..."
+      where = "left in place" if aside is None else f"moved to {aside}"
+      return f"step {step} ({type(error).__name__}: {cause}) {where}"
+    used = f"using step {used}" if used is not None else "no readable checkpoint is left"
+    print(f"warning: unreadable checkpoint in {self.directory}: "
+          f"{'; '.join(one(*u) for u in unreadable)}; {used}", file=sys.stderr, flush=True)
+
+  def _set_aside(self, step: int) -> str | None:
+    """Moves an unreadable checkpoint out of the way, so that saving its step again works;
+    returns where to (None when read-only). An earlier copy of the step stays."""
+    if self.read_only:
+      return None
+    aside = rundir.unused_path(os.path.join(self.directory + ".corrupt", str(step)))
     if jax.process_index() == 0:
-      if os.path.exists(aside):
-        shutil.rmtree(aside)
       os.makedirs(os.path.dirname(aside), exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), aside)
     self.manager.reload()
+    return aside
+
+
+@contextlib.contextmanager
+def _quiet_logs():
+  """No library logging (orbax's, through absl) while reading a checkpoint that may be
+  damaged: its failure is reported in one line instead."""
+  previous = logging.root.manager.disable
+  logging.disable(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logging.disable(previous)
 
 
 class SigtermFlag:
-  """Within `with`, SIGTERM (preemption) sets `.received` instead of killing the process,
-  so the loop can save and stop between steps. Outside the main thread it does nothing.
+  """Within `with`, SIGTERM (preemption) and SIGINT (Ctrl-C) set `.received` instead of
+  ending the process, so the loop can save and stop between steps (a second Ctrl-C stops
+  at once, unsaved). Outside the main thread it does nothing.
 
   With several processes, a SIGTERM reaches them at different steps (or only one), so
   `reached(step)` asks JAX's preemption sync manager, which catches SIGTERM itself and
-  makes every process answer True at the same step."""
+  makes every process answer True at the same step; a SIGINT is passed on to it as a
+  SIGTERM."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.received = False
-    self._previous = None
+    self.received = None   # the name of the signal, once one came
+    self._previous = {}
     self._synced = False
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.received = True
+    del frame
+    if self.received and signum == signal.SIGINT:
+      raise KeyboardInterrupt   # the second Ctrl-C
+    self.received = signal.Signals(signum).name
+    if self._synced:
+      os.kill(os.getpid(), signal.SIGTERM)   # to JAX's preemption notifier
 
   def reached(self, step: int) -> bool:
     """Whether to save and stop after `step` (read once per step)."""
     if self._synced:
       return multihost_utils.reached_preemption_sync_point(step)
-    return self.received
+    return bool(self.received)
 
   def __enter__(self):
     self._synced = jax.process_count() > 1   # jax.distributed.initialize set the manager up
-    if not self._synced and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS[1:] if self._synced else self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
+    self._previous = {}

@@ -1,14 +1,18 @@
 """Command line: `python -m ssl_jax.main --config=configs/simclr_v2.py:cifar10 --workdir=runs/x`.
 
 Fields are overridden with `--config.field=value`. The resolved config is written to
-workdir/config.json; `--help` lists the methods and their variants, and with `--config`
-the fields of that config.
+workdir/config.json once the run is accepted (ssl_jax/rundir.py), just before training
+starts; `--help` lists the methods and their variants, and with `--config` the fields of
+that config.
 """
 import glob
 import importlib.util
 import os
 import re
 import sys
+import threading
+import time
+import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # TF's start-up notices (oneDNN...)
 from absl import app, flags, logging  # pylint: disable=wrong-import-position
@@ -145,17 +149,32 @@ def main(argv):
   distributed.start_from_flags()
   chief = jax.process_index() == 0
   try:
-    os.makedirs(workdir, exist_ok=True)
-    if chief:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
     train.train_and_evaluate(config, workdir)
   except (ConfigError, OSError, FloatingPointError) as e:
-    sys.exit(f"error: {e}")
+    error_exit(f"error: {e}")
   except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
-      raise
-    lost_process_exit(e, workdir)
+    if jax.process_count() > 1:
+      lost_process_exit(e, workdir)
+    error_exit(traceback.format_exc())
+  except Exception:  # pylint: disable=broad-except
+    error_exit(traceback.format_exc())
+
+
+def error_exit(message: str, grace_s: float = 10.0):
+  """Prints `message` and exits with 1, within `grace_s` even when threads are left that
+  would keep the process alive (a failed asynchronous checkpoint write leaves orbax's
+  threads waiting minutes for a directory that never comes)."""
+  print(message.rstrip(), file=sys.stderr, flush=True)
+  def lingering():
+    return [t for t in threading.enumerate()
+            if t.is_alive() and not t.daemon and t is not threading.current_thread()]
+  deadline = time.monotonic() + grace_s
+  while lingering() and time.monotonic() < deadline:
+    time.sleep(0.1)
+  if lingering():
+    sys.stdout.flush()
+    os._exit(1)   # pylint: disable=protected-access
+  sys.exit(1)
 
 
 def lost_process_exit(error: Exception, workdir: str):

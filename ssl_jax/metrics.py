@@ -6,6 +6,7 @@ import time
 
 import jax
 
+from ssl_jax import rundir
 from ssl_jax.data import tf_sources
 
 
@@ -46,11 +47,20 @@ def read(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def drop_after(workdir: str, step: int):
-  """Forgets lines past `step`: a resumed run logs the steps after its checkpoint again."""
+def drop_after(workdir: str, step: int) -> str | None:
+  """Forgets lines past `step`: a resumed run logs the steps after its checkpoint again.
+  At step 0 (no checkpoint to resume from) an earlier log is moved aside whole, not
+  emptied: returns where to (None when nothing was moved)."""
   path = os.path.join(workdir, "metrics.jsonl")
   if jax.process_index() != 0 or not os.path.exists(path):
-    return
+    return None
+  if step == 0:
+    if not os.path.getsize(path):
+      os.remove(path)
+      return None
+    aside = rundir.unused_path(path)
+    os.replace(path, aside)
+    return aside
   with open(path) as f:
     lines = f.readlines()
   kept = []
@@ -62,6 +72,7 @@ def drop_after(workdir: str, step: int):
       pass
   with open(path, "w") as f:
     f.writelines(kept)
+  return None
 
 
 def _duration(seconds: float) -> str:

@@ -5,7 +5,6 @@ calls the method's `loss_fn` inside `jax.shard_map` over the `batch` axis, avera
 gradients over devices, applies the optimizer and hands the rest to the method's `update`.
 """
 import functools
-import json
 import os
 
 import jax
@@ -15,7 +14,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from ssl_jax import checkpoint, config as config_lib, distributed
-from ssl_jax import methods, metrics as metrics_lib, optim, parallel, probe as probe_lib
+from ssl_jax import methods, metrics as metrics_lib, optim, parallel, probe as probe_lib, rundir
 from ssl_jax.data import augment, loader as loader_lib, pipeline, sources
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import knn, plots
@@ -79,8 +78,17 @@ def load_training_data(config, method, mesh):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-  """Pretrains as `config` says, writes metrics and eval.json to `workdir`, returns the eval."""
+  """Pretrains as `config` says, writes metrics and eval.json to `workdir`, returns the eval.
+
+  The workdir is locked while the run trains; a rerun continues the run there (its
+  config.json), with only the changes rundir.MAY_CHANGE lists."""
   config_lib.validate(config, jax.device_count())
+  with rundir.lock(workdir):
+    changes = rundir.check_config(config, workdir)
+    return _train_and_evaluate(config, workdir, changes)
+
+
+def _train_and_evaluate(config, workdir: str, changes: dict) -> dict:
   method = methods.get(config.method)
   mesh = parallel.make_mesh()
   train, test, data = load_training_data(config, method, mesh)
@@ -94,7 +102,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = initializer(jax.random.key(config.seed))
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)
   state, start = ckpt.restore_latest(state)   # (state, 0) on a fresh workdir
-  metrics_lib.drop_after(workdir, start)      # what a killed run logged past its checkpoint
+  earlier_log = metrics_lib.drop_after(workdir, start)   # what was logged past the checkpoint
+  if earlier_log:
+    print(f"No checkpoint in {ckpt.directory}: training starts from step 0 (the earlier "
+          f"metrics.jsonl is now {earlier_log}).", flush=True)
+  rundir.write_config(config, workdir, changes, start)   # the run is accepted
   train_step = make_train_step(method, config, mesh, tx, schedule)
 
   log = metrics_lib.MetricsLog(workdir)
@@ -142,7 +154,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         ckpt.save(step, state, {**metrics, **monitor})
       if preempted:
         ckpt.wait()
-        raise SystemExit(f"stopped by SIGTERM after step {step}; its checkpoint is in "
+        raise SystemExit(f"stopped by {sigterm.received or 'SIGTERM'} after step {step}; "
+                         f"its checkpoint is in "
                          f"{ckpt.directory}; rerun the same command to resume")
 
   result = {"step": step, "protocol": "knn", "k": config.eval.knn_k,
@@ -164,9 +177,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   log.close()
   if config.eval.plots:
     plots.write_at_end(workdir, method, config, eval_variables(method, state), test, mesh)
+  rundir.update_eval(workdir, result, training=True)   # offline protocols' entries stay
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(result, f, indent=2)
     print(format_eval(result), flush=True)
   return result
 

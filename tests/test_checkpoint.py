@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,17 @@ def poisoned(params, state, batch, rng, step, *, config):
 simclr.loss_fn = poisoned
 app.run(main.main)
 """
+# The CLI with every asynchronous checkpoint write failing in the background, as on a full
+# disk or an unwritable checkpoints/ (root ignores permissions, so it is injected here).
+FAILING_SAVES_MAIN = """
+from absl import app
+from orbax.checkpoint._src.path import atomicity
+from ssl_jax import main
+async def full_disk(*args, **kwargs):
+  raise OSError(28, "No space left on device")
+atomicity._create_paths = full_disk
+app.run(main.main)
+"""
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +59,11 @@ def compile_cache(tmp_path_factory):
   return str(path)
 
 
-def cli(workdir, stderr_path, cache, nan_from_step=None):
+def cli(workdir, stderr_path, cache, nan_from_step=None, program=None):
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",   # one device, as a user has
              JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-  program = ["-m", "ssl_jax.main"]
+  program = ["-c", program] if program else ["-m", "ssl_jax.main"]
   if nan_from_step is not None:
     program = ["-c", POISONED_MAIN]
     env["NAN_FROM_STEP"] = str(nan_from_step)
@@ -144,19 +156,39 @@ def test_corrupt_latest_checkpoint_falls_back_with_a_warning(uninterrupted, tmp_
   previous, latest = saved_steps(workdir)[-2:]
   # A half-written save (orbax's temporary directory) is never taken for a checkpoint ...
   os.makedirs(workdir / "checkpoints" / f"{latest + EVERY}.orbax-checkpoint-tmp-1" / "state")
-  # ... and a complete one whose files were damaged is skipped and moved aside.
+  # ... and a complete one whose array files were damaged is skipped and moved aside, in
+  # one line, next to the copy an earlier set-aside of the same step left.
   for root, _, files in os.walk(workdir / "checkpoints" / str(latest) / "state"):
     for name in files:
-      with open(os.path.join(root, name), "wb") as f:
-        f.write(b"not a checkpoint")
+      if "ocdbt.process_0" in root:
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"not a checkpoint")
+  os.makedirs(workdir / "checkpoints.corrupt" / str(latest))
+  capfd.readouterr()
   ckpt, state, step = restore(workdir, read_only=False)
   assert step == previous
-  assert f"checkpoint step {latest}" in capfd.readouterr().err
+  out, err = capfd.readouterr()
+  assert out == "" and len(err.strip().splitlines()) == 1, err[-3000:]
+  assert err.startswith(f"warning: unreadable checkpoint in {workdir}/checkpoints: step "
+                        f"{latest} (")
+  assert err.strip().endswith(f"moved to {workdir}/checkpoints.corrupt/{latest}.1; using "
+                              f"step {previous}")
   assert os.path.isdir(workdir / "checkpoints.corrupt" / str(latest))
+  assert os.path.isdir(workdir / "checkpoints.corrupt" / f"{latest}.1" / "state")
   assert all(np.isfinite(x).all() for x in leaves(state) if x.dtype.kind == "f")
   ckpt.save(latest, state)   # the step can be saved again, as the resumed run will
   ckpt.close()
   assert saved_steps(workdir)[-1] == latest
+
+
+def test_ctrl_c_asks_to_save_and_stop_like_sigterm_and_twice_stops_at_once():
+  with checkpoint.SigtermFlag() as flag:
+    assert not flag.reached(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    assert flag.reached(2) and flag.received == "SIGINT"
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_checkpoint_of_another_config_is_a_clear_error_and_stays(uninterrupted, tmp_path):
@@ -187,6 +219,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted,
   _, state, step = restore(tmp_path)
   assert step == EVERY
   assert all(np.isfinite(x).all() for x in leaves(state) if x.dtype.kind == "f")
+
+
+def test_a_failed_background_write_ends_the_process_at_once(uninterrupted, tmp_path,
+                                                            compile_cache):
+  del uninterrupted   # run first: it fills the compile cache
+  proc = cli(tmp_path, tmp_path / "stderr.txt", compile_cache, program=FAILING_SAVES_MAIN)
+  try:
+    deadline = time.monotonic() + 600
+    while "\nerror: " not in (tmp_path / "stderr.txt").read_text() and proc.poll() is None:
+      assert time.monotonic() < deadline
+      time.sleep(1)
+    proc.wait(timeout=60)   # orbax's threads kept it alive for 300 s after the error
+  finally:
+    proc.kill()
+    proc.communicate()
+  err = (tmp_path / "stderr.txt").read_text()
+  assert proc.returncode == 1, err[-3000:]
+  assert err.strip().splitlines()[-1].startswith(
+      f"error: could not write checkpoints in {tmp_path}/checkpoints: OSError: [Errno 28] "
+      "No space left on device")
 
 
 def test_keeps_the_last_k_plus_the_best_and_restores_exactly(tmp_path):

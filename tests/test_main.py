@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 
@@ -33,15 +34,29 @@ def smoke_run(name, workdir, *args):
   return lines
 
 
+def leftovers_of_an_earlier_run(workdir):
+  """What a run left after its checkpoints were deleted and it was killed: its metrics, a
+  lock of its (dead) process, and the offline evaluation of its checkpoint."""
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 8.0}\n')
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  (workdir / "lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+  (workdir / "eval.json").write_text(json.dumps({"linear": {"protocol": "linear", "top1": 0.3}}))
+  return dead.pid
+
+
 @pytest.mark.parametrize("config", ["configs/simclr_v1.py:smoke", "configs/simclr_v2.py:smoke"])
 def test_smoke_run_through_the_cli(config, tmp_path):
   workdir = tmp_path / "run"
+  dead = leftovers_of_an_earlier_run(workdir)
   proc = run_cli(f"--config={config}", f"--workdir={workdir}", "--config.seed=1",
                  unset=["TF_CPP_MIN_LOG_LEVEL"])   # as a user runs it: no quieting set
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "step 3/3" in proc.stdout and "img/s" in proc.stdout and "ETA" in proc.stdout
   # The first screen: a short header, not the config, and no library start-up notices.
-  before = proc.stdout.split("compiling the training step...")[0].strip().splitlines()
+  before = [l for l in proc.stdout.split("compiling the training step...")[0].strip().splitlines()
+            if not l.startswith("No checkpoint in")]   # the restart notice, checked below
   assert len(before) == 4 and before[0].startswith("simclr | 3 steps = 0.0 epochs of 156 | "
                                                    "global batch 32 on 1 cpu device(s)")
   assert "5,000 training / 1,000 eval images" in before[1] and "ResNet-18" in before[2]
@@ -49,6 +64,14 @@ def test_smoke_run_through_the_cli(config, tmp_path):
   assert "oneDNN" not in proc.stderr and "libtpu" not in proc.stderr, proc.stderr[:2000]
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["seed"] == 1 and saved["method"] == "simclr"
+  assert saved["run"]["total_steps"] == 3   # written once the run is accepted
+  # The earlier run's log is kept aside, its stale lock taken over, its evaluation kept.
+  assert (f"No checkpoint in {workdir}/checkpoints: training starts from step 0 (the earlier "
+          f"metrics.jsonl is now {workdir}/metrics.jsonl.1)") in proc.stdout
+  assert (workdir / "metrics.jsonl.1").read_text().count("loss") == 2
+  assert f"taking over the stale lock of process {dead}" in proc.stderr
+  assert not (workdir / "lock").exists()
+  assert json.loads((workdir / "eval.json").read_text())["linear"]["top1"] == 0.3
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines[:3]] == [1, 2, 3]
   assert all(l["loss"] > 0 for l in lines[:3])
@@ -74,6 +97,19 @@ def test_bad_command_lines_give_one_clear_line(args, message, tmp_path):
   assert proc.returncode != 0
   assert message in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_a_run_of_another_config_is_refused_and_leaves_the_record(tmp_path):
+  from test_config import load  # pylint: disable=import-outside-toplevel
+  record = load("simclr_v2").get_config("smoke").to_json_best_effort(indent=2)
+  (tmp_path / "config.json").write_text(record)
+  proc = run_cli("--config=configs/byol.py:smoke", f"--workdir={tmp_path}", timeout=120)
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  message = proc.stderr.strip().splitlines()[-1]
+  assert message.startswith(f"error: --workdir={tmp_path} holds a run of another config (")
+  assert "method: 'simclr' -> 'byol'" in message and "use a new --workdir" in message
+  assert (tmp_path / "config.json").read_text() == record
+  assert sorted(os.listdir(tmp_path)) == ["config.json"]
 
 
 def test_config_error_exits_with_one_line(tmp_path):

@@ -1,36 +1,22 @@
 """A pretrained workdir as the evaluation CLI sees it: its config, its data, its latest
 checkpoint, and eval.json with one entry per protocol."""
 import dataclasses
-import json
-import os
 
 import jax
 import ml_collections
 import optax
 
-from ssl_jax import checkpoint, config as config_lib, methods, optim, parallel, state as state_lib
+from ssl_jax import checkpoint, config as config_lib, methods, optim, parallel, rundir
+from ssl_jax import state as state_lib
 from ssl_jax.data import pipeline, sources
 from ssl_jax.errors import ConfigError
 
 
-def _merge(base: ml_collections.ConfigDict, saved: dict):
-  """Saved values over today's defaults, so fields added since the run keep defaults."""
-  for key, value in saved.items():
-    if isinstance(value, dict) and isinstance(base.get(key), ml_collections.ConfigDict):
-      _merge(base[key], value)
-    else:
-      base[key] = value
-
-
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  config = rundir.read_config(workdir)
+  if config is None:
     raise ConfigError(f"--workdir={workdir} holds no config.json; point it at the workdir of "
                       "a run of `python -m ssl_jax.main`")
-  with open(path) as f:
-    saved = json.load(f)
-  config = config_lib.base_config()
-  _merge(config, saved)
   return config
 
 
@@ -82,14 +68,4 @@ def load_run(workdir: str, mesh=None, in_memory: bool = False) -> Run:
 
 def write_result(workdir: str, protocol: str, result: dict) -> dict:
   """Merges `result` into workdir/eval.json under `protocol` (other entries kept)."""
-  path = os.path.join(workdir, "eval.json")
-  results = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      results = json.load(f)
-  results[protocol] = {"protocol": protocol, **result}
-  if jax.process_index() == 0:
-    with open(path + ".tmp", "w") as f:
-      json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
-  return results
+  return rundir.update_eval(workdir, {protocol: {"protocol": protocol, **result}})
