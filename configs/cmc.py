@@ -38,6 +38,7 @@ def cifar_recipe(c):
   c.optimizer.update(base_lr=0.03 * 256 / 128, lr_scaling="linear", weight_decay=5e-4,
                      warmup_epochs=0, lr_steps_epochs=(120, 160))
   c.cmc.update(objective="softmax", num_negatives=4096)
+  c.augment.crop_scale = (0.2, 1.0)   # the code's --crop_low default (STL-10, AlexNet)
   return c
 
 
@@ -69,8 +70,11 @@ def get_config(arg=None):
   c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="none", weight_decay=1e-4,
                      momentum=0.9, warmup_epochs=0, schedule="steps",
                      lr_steps_epochs=(120, 160, 200))
-  c.augment.update(crop_scale=(0.2, 1.0), flip=True, color_prob=0.0, gray_prob=0.0,
+  # crop_low is forced to 0.08 for the ImageNet ResNets (train_CMC.py:88, 95-97).
+  c.augment.update(crop_scale=(0.08, 1.0), flip=True, color_prob=0.0, gray_prob=0.0,
                    blur_prob=0.0, solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # train_CMC.py:131-149: torchvision transforms on PIL images
   c.cmc = ml_collections.ConfigDict(dict(
       objective="nce",            # "nce" | "softmax" (CE over the K + 1 logits)
       num_negatives=16384, memory_momentum=0.5))

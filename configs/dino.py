@@ -173,6 +173,8 @@ def get_config(arg=None):
   # torchvision ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 (brightness multiplicative), gray 0.2.
   c.augment.update(crop_scale=(0.4, 1.0), brightness_impl="multiplicative", color_prob=0.8,
                    gray_prob=0.2, flip=True)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bicubic",
+                   antialias=True)   # main_dino.py DataAugmentationDINO: PIL, Image.BICUBIC
   c.dino = ml_collections.ConfigDict(dict(
       student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04,
       warmup_teacher_temp_epochs=30, center_momentum=0.9, momentum_teacher=0.996,

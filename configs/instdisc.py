@@ -36,6 +36,7 @@ def cifar_recipe(c):
   c.optimizer.update(base_lr=0.03 * 256 / 128, lr_scaling="linear", weight_decay=5e-4,
                      warmup_epochs=0)
   c.instdisc.objective = "full"
+  c.augment.flip = False     # cifar.py:54 comments the flip out
   return c
 
 
@@ -63,6 +64,8 @@ def get_config(arg=None):
                      momentum=0.9, warmup_epochs=0, schedule="steps", lr_steps_epochs=(120, 160))
   c.augment.update(crop_scale=(0.2, 1.0), color_prob=1.0, brightness_impl="multiplicative",
                    gray_prob=0.2, blur_prob=0.0, solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # main.py:118-125, cifar.py:50-57: torchvision transforms on PIL
   c.eval.knn_temperature = 0.07
   c.instdisc = ml_collections.ConfigDict(dict(
       objective="nce",            # "nce" | "softmax" (CE over the K + 1) | "full" (all rows)

@@ -58,6 +58,8 @@ def get_config(arg=None):
                      momentum=0.9, warmup_epochs=0, schedule="steps", lr_steps_epochs=(120,))
   c.augment.update(crop_scale=(0.2, 1.0), color_prob=1.0, brightness_impl="multiplicative",
                    gray_prob=0.2, blur_prob=0.0, solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # demo_seen.py:85-92: torchvision transforms on PIL images
   c.eval.update(knn_k=200, knn_temperature=0.1)
   c.invaspread = ml_collections.ConfigDict(dict(
       neg_m=1.0, color_jitter=(0.4, 0.4, 0.4, 0.4)))

@@ -65,6 +65,8 @@ def get_config(arg=None):
                      momentum=0.9, warmup_epochs=0, schedule="cosine_epochs")
   c.augment.update(crop_scale=(0.2, 1.0), color_prob=0.8, brightness_impl="multiplicative",
                    gray_prob=0.2, blur_prob=0.5, solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # main_moco.py: torchvision transforms on PIL images
   c.moco = ml_collections.ConfigDict(dict(
       queue_size=65536, momentum=0.999, bn_groups=1, shuffle_bn=True, symmetric=False,
       color_jitter=(0.4, 0.4, 0.4, 0.1)))

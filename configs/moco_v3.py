@@ -128,6 +128,8 @@ def get_config(arg=None):
   c.augment.jitter = (0.4, 0.4, 0.2, 0.1)
   c.augment.view_blur_prob = (1.0, 0.1)
   c.augment.view_solarize_prob = (0.0, 0.2)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # main_moco.py: torchvision transforms on PIL images
   vit_recipe(c)
   return config_lib.variant(c, arg, {
       "resnet50": resnet50, "cifar10": cifar10, "cifar10_vit": cifar10_vit,

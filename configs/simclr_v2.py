@@ -53,6 +53,10 @@ def get_config(arg=None):
                      momentum=0.9, trust_coefficient=1e-3, warmup_epochs=10, schedule="cosine")
   c.augment.update(crop_scale=(0.08, 1.0), color_strength=1.0,
                    brightness_impl="multiplicative", blur_prob=0.5)
+  # tf2/data_util.py:246-320 (sample_distorted_bounding_box, bicubic tf.image.resize),
+  # 33-173 (tf.image colour ops), 393-440 (one blur sigma per batch and view).
+  c.augment.update(color_impl="tf", crop_sampler="tf", resize_method="bicubic",
+                   antialias=False, blur_per_batch=True)
   return config_lib.variant(c, arg, {
       "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
       "quickstart": lambda c: quickstart_recipe(cifar_recipe(config_lib.use_quickstart(c))),

@@ -55,6 +55,8 @@ def get_config(arg=None):
   c.optimizer.fixed_lr_module = "predictor"                      # --fix-pred-lr
   c.augment.update(crop_scale=(0.2, 1.0), color_prob=0.8, brightness_impl="multiplicative",
                    gray_prob=0.2, blur_prob=0.5)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # main_simsiam.py: torchvision transforms on PIL images
   c.simsiam = ml_collections.ConfigDict(dict(
       predictor_hidden_dim=512, color_jitter=(0.4, 0.4, 0.4, 0.1)))
   return config_lib.variant(c, arg, {

@@ -92,6 +92,8 @@ def get_config(arg=None):
   c.augment.update(crop_scale=(0.14, 1.0), color_strength=1.0, color_prob=0.8,
                    brightness_impl="multiplicative", gray_prob=0.2, blur_prob=0.5,
                    solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # src/multicropdataset.py: torchvision transforms on PIL images
   c.swav = ml_collections.ConfigDict(dict(
       num_prototypes=3000, epsilon=0.05, sinkhorn_iterations=3, crops_for_assign=(0, 1),
       num_small_crops=6, small_crop_size=96, small_crop_scale=(0.05, 0.14),
