@@ -150,9 +150,6 @@ def _validate_augment_semantics(a):
                       ("resize_method", crops.RESIZE_METHODS)):
     _check(a[name] in known, f"config.augment.{name}={a[name]!r} is unknown; use one of "
            f"{known}")
-  for name in ("antialias", "blur_per_batch"):
-    _check(isinstance(a[name], bool), f"config.augment.{name}={a[name]!r} must be True or "
-           "False")
 
 
 def _validate_input_pipeline(config):

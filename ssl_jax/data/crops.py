@@ -18,11 +18,12 @@ The "tf" boxes are integers on both paths; "torchvision" and "byol" are rounded 
 on the host only (the device matrices resample fractional boxes).
 
 Resize kernels (`View.resize_method`, `View.antialias`) as (out, in) matrices over the
-whole image that read only the crop window: without antialiasing, 2 (bilinear) or 4
-(Keys bicubic, a = -0.5) taps with the window's edge pixels replicated, as tf.image.resize
-does; with it, the kernel is widened by the shrink factor and renormalised over the
-window, as PIL and jax.image.resize(antialias=True) do. The host path resizes its integer
-crops with tf.image.resize itself (same kernels).
+whole image that read only the crop window: the triangle (bilinear) or Keys cubic (a =
+-0.5: PIL, tf.image.resize, jax.image.resize "cubic"; torch's is -0.75) kernel,
+renormalised over the window's pixels, as tf.image.resize and jax.image.resize do (both
+border rules); with antialiasing the kernel is widened by the shrink factor, as PIL and
+jax.image.resize(antialias=True) do. The host path resizes its integer crops with
+tf.image.resize itself (the same kernels).
 """
 import types
 
@@ -164,7 +165,7 @@ def _triangle(x):
   return jnp.maximum(0.0, 1 - jnp.abs(x))
 
 
-KERNELS = {"bilinear": (_triangle, 1), "bicubic": (_keys_cubic, 2)}   # kernel, radius
+KERNELS = {"bilinear": _triangle, "bicubic": _keys_cubic}
 
 
 def interp_matrix(start, length, in_size, out_size, method="bilinear", antialias=False):
@@ -174,22 +175,15 @@ def interp_matrix(start, length, in_size, out_size, method="bilinear", antialias
   / out_size - 0.5, in a frame where pixel j's centre is j. The window holds the pixels
   whose centres lie in it (all of [start, start + length) for integer boxes).
   """
-  kernel, radius = KERNELS[method]
+  kernel = KERNELS[method]
   step = length / out_size
   pos = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * step - 0.5
-  first = jnp.ceil(start - 0.5)                  # the window's first and last pixel
-  last = jnp.ceil(start + length - 0.5) - 1
-  if antialias:   # kernel widened by the shrink factor, renormalised over the window
-    width = jnp.maximum(step, 1.0)
-    j = jnp.arange(in_size, dtype=jnp.float32)
-    weights = kernel((j[None, :] - pos[:, None]) / width)
-    weights = jnp.where((j >= first) & (j <= last), weights, 0.0)
-    return weights / jnp.sum(weights, axis=1, keepdims=True)
-  # 2 or 4 taps around each sample; taps outside the window read its edge pixel.
-  base = jnp.floor(pos) - (radius - 1)
-  out = 0.0
-  for t in range(2 * radius):
-    tap = base + t
-    index = jnp.clip(tap, first, last).astype(jnp.int32)
-    out = out + kernel(tap - pos)[:, None] * jax.nn.one_hot(index, in_size, dtype=jnp.float32)
-  return out
+  # Without antialiasing the kernel has its own width (tf.image.resize, which uses Keys'
+  # cubic with renormalised borders too); with it, the shrink factor's.
+  width = jnp.maximum(step, 1.0) if antialias else 1.0
+  j = jnp.arange(in_size, dtype=jnp.float32)
+  weights = kernel((j[None, :] - pos[:, None]) / width)
+  # Only the window's pixels (centres in [start, start + length)), renormalised.
+  inside = (j + 0.5 >= start) & (j + 0.5 < start + length)
+  weights = jnp.where(inside[None, :], weights, 0.0)
+  return weights / jnp.sum(weights, axis=1, keepdims=True)
