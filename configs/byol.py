@@ -22,10 +22,14 @@ Variants, `--config=configs/byol.py:<variant>`:
               for 190 steps (see experiments/RESULTS.md).
   smoke       A seconds-long CPU run for tests.
 
+Augmentation semantics: BYOL's crop (one draw of area U(0.08, 1) and log-uniform aspect,
+sides clipped to the image, no retry: utils/dataset.py _decode_and_random_crop), resized
+bicubically without antialiasing (tf.image.resize), tf.image colour maths
+(utils/augmentations.py:239-282), blur sigma drawn per image.
+
 Deviations: the online linear classifier trained beside BYOL is not included (evaluation
 is the kNN monitor); the ResNet's last BN of each block starts at zero (the README's results
-used one); the crop keeps torchvision's 10 retries (BYOL draws once and clips); Dense
-layers use Flax's default init.
+used one); Dense layers use Flax's default init.
 """
 import ml_collections
 

@@ -21,6 +21,12 @@ Variants, `--config=configs/moco_v1.py:<variant>`:
               experiments/RESULTS.md).
   smoke       A seconds-long CPU run for tests.
 
+Augmentation semantics (`augment.color_impl`, `.crop_sampler`, `.resize_method`,
+`.antialias`): torchvision's ColorJitter and RandomGrayscale on PIL images (contrast
+toward the grey mean, saturation a blend with grey, multiplicative brightness),
+RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
+(main_moco.py); the device keeps float values where PIL rounds each op to uint8.
+
 Deviations: input normalised with ImageNet mean/std in every variant; the ResNet's last BN
 of each block starts at zero (the library's ResNet; torchvision's starts at one); BN
 running statistics are averaged over devices/groups (the original keeps rank 0's); blur,

@@ -18,6 +18,12 @@ Variants, `--config=configs/simclr_v2.py:<variant>`:
               Deviations chosen for speed of learning at this scale: batch 128,
               temperature 0.2, head hidden width 512, crop scale (0.2, 1), 1 warmup epoch.
   smoke       A seconds-long CPU run for tests.
+
+Augmentation semantics (every variant, as the code): crops by
+tf.image.sample_distorted_bounding_box (area (0.08, 1), aspect uniform in (3/4, 4/3),
+min_object_covered 0.1, 100 attempts) resized bicubically without antialiasing
+(tf2/data_util.py:246-320); tf.image colour ops (33-173); one blur sigma per batch and
+view, per global batch here (393-440; SimCLR: per replica), the p = 0.5 choice per image.
 """
 from ssl_jax import config as config_lib
 

@@ -31,6 +31,13 @@ Variants, `--config=configs/swav.py:<variant>`:
   smoke       A seconds-long CPU run for tests: 2 x 16 px + 2 x 8 px crops, a queue of 64
               from step 0, so the queue is filled and then used within the 3 steps.
 
+Augmentation semantics (`augment.color_impl`, `.crop_sampler`, `.resize_method`,
+`.antialias`): torchvision's ColorJitter and RandomGrayscale on PIL images (contrast
+toward the grey mean, saturation a blend with grey, multiplicative brightness),
+RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
+(src/multicropdataset.py); the device keeps float values where PIL rounds each op to
+uint8.
+
 Deviations: the warmup starts at lr 0 (the 800-epoch script starts at 0.3); BN is global,
 not in groups of 8 GPUs (apex's syncbn_process_group_size); the blur is the TF kernel (10%
 of the side) with sigma U(0.1, 2), not PIL's GaussianBlur radius; the queue is one global

@@ -279,7 +279,8 @@ def test_tf_sampler_matches_sample_distorted_bounding_box_on_both_paths(height, 
   want_aspect = np.log(reference[:, 3] / reference[:, 2])
   for boxes in (host.numpy(), np.stack([np.asarray(b) for b in device], 1)):
     np.testing.assert_array_equal(boxes, np.round(boxes))   # integer pixels on both paths
-    assert np.all(boxes[:, 0] + boxes[:, 2] <= height) and np.all(boxes[:, 1] + boxes[:, 3] <= width)
+    assert np.all(boxes[:, 0] + boxes[:, 2] <= height)
+    assert np.all(boxes[:, 1] + boxes[:, 3] <= width)
     area = boxes[:, 2] * boxes[:, 3] / (height * width)
     aspect = np.log(boxes[:, 3] / boxes[:, 2])
     for ours, want in ((area, want_area), (aspect, want_aspect)):

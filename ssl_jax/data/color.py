@@ -120,7 +120,7 @@ def color_jitter(key, x, view):
     bright = lambda y: brightness_additive(y, fb)   # pylint: disable=unnecessary-lambda-assignment
   else:
     fb = _uniform(k_b, max(0.0, 1 - b), 1 + b)
-    bright = lambda y: brightness_multiplicative(y, fb)   # pylint: disable=unnecessary-lambda-assignment
+    bright = lambda y: brightness_multiplicative(y, fb)  # pylint: disable=unnecessary-lambda-assignment
   contrast_op = contrast_torchvision if torch_like else contrast_tf
   saturation_op = saturation_torchvision if torch_like else saturation_tf
   fc = _uniform(k_c, max(0.0, 1 - c), 1 + c)
