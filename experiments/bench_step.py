@@ -30,6 +30,8 @@ flags.DEFINE_integer("steps", 20, "Timed steps.")
 flags.DEFINE_integer("warmup", 3, "Untimed steps after compiling.")
 flags.DEFINE_string("dtype", "auto", "Compute dtype.")
 flags.DEFINE_float("blur_prob", 0.5, "On-device blur probability (0 skips the op).")
+flags.DEFINE_string("resize_method", "bicubic", "Crop resize kernel: bilinear | bicubic.")
+flags.DEFINE_bool("antialias", False, "Antialiased crop resizing (PIL's; SimCLR: off).")
 FLAGS = flags.FLAGS
 
 
@@ -37,7 +39,8 @@ def main(_):
   c = simclr_v1.get_config()
   c.batch_size, c.image_size, c.dtype = FLAGS.batch, FLAGS.image_size, FLAGS.dtype
   c.model.update(depth=FLAGS.depth, width=FLAGS.width, cifar_stem=FLAGS.cifar_stem)
-  c.augment.blur_prob = FLAGS.blur_prob
+  c.augment.update(blur_prob=FLAGS.blur_prob, resize_method=FLAGS.resize_method,
+                   antialias=FLAGS.antialias)
   method = methods.get(c.method)
   mesh = parallel.make_mesh()
   schedule = optim.lr_schedule(c.optimizer, c.batch_size, 100, 10_000)

@@ -306,8 +306,9 @@ LEVEL = 1 / 255 + 1e-5   # one grey level
 def test_torchvision_ops_match_pillow_on_cifar(op, enhance):
   from PIL import Image, ImageEnhance   # pylint: disable=import-outside-toplevel
   images = _cifar_images()
+  batched = jax.jit(jax.vmap(op, in_axes=(0, None)))
   for factor in (0.6, 1.0, 1.7):
-    ours = np.asarray(jax.vmap(lambda x, f=factor: op(x, f))(images / np.float32(255)))
+    ours = np.asarray(batched(images / np.float32(255), factor))
     want = np.stack([np.asarray(getattr(ImageEnhance, enhance)(Image.fromarray(im))
                                 .enhance(factor)) for im in images]) / 255.0
     np.testing.assert_allclose(ours, want, rtol=0, atol=LEVEL)
@@ -338,7 +339,7 @@ def test_tf_ops_match_tf_image_on_cifar():
            (color.saturation_tf, tf.image.adjust_saturation, 1.8),
            (color.hue_shift, tf.image.adjust_hue, 0.15)]
   for ours, theirs, factor in cases:
-    got = np.asarray(jax.vmap(lambda im, f=factor, op=ours: op(im, f))(x))
+    got = np.asarray(jax.jit(jax.vmap(ours, in_axes=(0, None)))(x, factor))
     want = np.clip(np.stack([theirs(im, factor).numpy() for im in x]), 0, 1)
     np.testing.assert_allclose(got, want, rtol=0, atol=LEVEL)
 
@@ -399,8 +400,8 @@ def test_blur_sigma_per_batch_or_per_image():
   for per_batch in (False, True):
     view = View(40, **IDENTITY_CROP, color_prob=0.0, gray_prob=0.0, blur_prob=1.0,
                 blur_per_batch=per_batch)
-    outs[per_batch] = np.asarray(augment.augment_batch(jax.random.key(0), images,
-                                                       jnp.arange(8), view))
+    outs[per_batch] = np.asarray(_batch_jit(jax.random.key(0), images, jnp.arange(8), view,
+                                            jnp.float32))
   centre = {k: v[:, 20, 20, 0] for k, v in outs.items()}
   assert np.ptp(centre[True]) < 1e-6 and np.ptp(centre[False]) > 1e-3
 

@@ -44,7 +44,7 @@ class View:
   resize_method: str = "bilinear"     # crops.RESIZE_METHODS
   antialias: bool = False
   # One blur sigma per call of augment_batch / photometric_batch (SimCLR's per-replica
-  # batch; here the global batch, see augment_batch) instead of one per image.
+  # batch; here the global batch, see _batch_keys) instead of one per image.
   blur_per_batch: bool = False
 
   def __post_init__(self):

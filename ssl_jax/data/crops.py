@@ -35,7 +35,7 @@ SAMPLERS = ("torchvision", "tf", "byol")
 RESIZE_METHODS = ("bilinear", "bicubic")
 ATTEMPTS = {"torchvision": 10, "tf": 100, "byol": 1}
 UNIFORMS_PER_ATTEMPT = 4
-MIN_OBJECT_COVERED = 0.1   # SimCLR's value (tf2/data_util.py:314)
+MIN_OBJECT_COVERED = 0.1   # SimCLR's value (tf2/data_util.py:246-320)
 
 
 def tf_ops():
