@@ -398,10 +398,9 @@ def test_blur_sigma_per_batch_or_per_image():
   images[:, 20, 20] = 255
   outs = {}
   for per_batch in (False, True):
-    view = View(40, **IDENTITY_CROP, color_prob=0.0, gray_prob=0.0, blur_prob=1.0,
-                blur_per_batch=per_batch)
-    outs[per_batch] = np.asarray(_batch_jit(jax.random.key(0), images, jnp.arange(8), view,
-                                            jnp.float32))
+    view = View(40, color_prob=0.0, gray_prob=0.0, blur_prob=1.0, blur_per_batch=per_batch)
+    outs[per_batch] = np.asarray(augment.photometric_batch(jax.random.key(0), images,
+                                                           jnp.arange(8), view))
   centre = {k: v[:, 20, 20, 0] for k, v in outs.items()}
   assert np.ptp(centre[True]) < 1e-6 and np.ptp(centre[False]) > 1e-3
 
