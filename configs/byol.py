@@ -22,10 +22,14 @@ Variants, `--config=configs/byol.py:<variant>`:
               for 190 steps (see experiments/RESULTS.md).
   smoke       A seconds-long CPU run for tests.
 
+Augmentation semantics: BYOL's crop (one draw of area U(0.08, 1) and log-uniform aspect,
+sides clipped to the image, no retry: utils/dataset.py _decode_and_random_crop), resized
+bicubically without antialiasing (tf.image.resize), tf.image colour maths
+(utils/augmentations.py:239-282), blur sigma drawn per image.
+
 Deviations: the online linear classifier trained beside BYOL is not included (evaluation
 is the kNN monitor); the ResNet's last BN of each block starts at zero (the README's results
-used one); the crop keeps torchvision's 10 retries (BYOL draws once and clips); Dense
-layers use Flax's default init.
+used one); Dense layers use Flax's default init.
 """
 import ml_collections
 
@@ -66,6 +70,10 @@ def get_config(arg=None):
                      momentum=0.9, trust_coefficient=1e-3, warmup_epochs=10, schedule="cosine")
   c.augment.update(crop_scale=(0.08, 1.0), color_prob=0.8, brightness_impl="additive",
                    gray_prob=0.2)
+  # utils/dataset.py _decode_and_random_crop (one draw, clipped; bicubic tf.image.resize),
+  # utils/augmentations.py:239-282 (tf.image colour maths), blur sigma per image.
+  c.augment.update(color_impl="tf", crop_sampler="byol", resize_method="bicubic",
+                   antialias=False, blur_per_batch=False)
   c.byol = ml_collections.ConfigDict(dict(
       base_momentum=0.996, predictor_hidden_dim=4096, color_jitter=(0.4, 0.4, 0.2, 0.1),
       blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2)))

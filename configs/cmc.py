@@ -7,14 +7,17 @@ Variants, `--config=configs/cmc.py:<variant>`:
               (the code's default; the released weights used 4096) and two Z constants
               frozen after the first batch, temperature 0.07, batch 128, SGD lr 0.03 (no
               batch scaling), momentum 0.9, weight decay 1e-4, 240 epochs, lr x0.1 at
-              epochs 120, 160 and 200; crops (0.2, 1) and flip, then RGB -> Lab normalised
-              to the Lab ranges; no colour jitter. --config.cmc.objective=softmax for the
-              `--softmax` variant (CE over the K + 1 logits).
+              epochs 120, 160 and 200; crops (0.08, 1), as train_CMC.py:88, 95-97 force
+              crop_low 0.08 for the ResNets, and flip, resized bilinearly by PIL
+              (antialiased), then RGB -> Lab normalised to the Lab ranges; no colour
+              jitter. --config.cmc.objective=softmax for the `--softmax` variant (CE over
+              the K + 1 logits).
   cifar10     Not in the original (which has ImageNet and STL-10 settings): ResNet-18 CIFAR
               stem, width 0.5 per view, the softmax objective (the original's --softmax,
               which its README reports as better than NCE) with K = 4096, temperature 0.07,
               weight decay 5e-4, 200 epochs with lr x0.1 at 120 and 160, batch 512 (the
-              library's CIFAR preset) with lr 0.03 x 512/128 = 0.12.
+              library's CIFAR preset) with lr 0.03 x 512/128 = 0.12, crops (0.2, 1) (the
+              code's --crop_low default).
   quickstart  The bundled 5,000-image CIFAR-10 subset on a 2-core CPU: two narrow
               ResNet-18s (base width 8 each), softmax with K = 4096, temperature 0.07, lr
               0.03 (the original's, unscaled) for 6 epochs at batch 256. NCE does not learn
@@ -38,6 +41,7 @@ def cifar_recipe(c):
   c.optimizer.update(base_lr=0.03 * 256 / 128, lr_scaling="linear", weight_decay=5e-4,
                      warmup_epochs=0, lr_steps_epochs=(120, 160))
   c.cmc.update(objective="softmax", num_negatives=4096)
+  c.augment.crop_scale = (0.2, 1.0)   # the code's --crop_low default (STL-10, AlexNet)
   return c
 
 
@@ -69,8 +73,11 @@ def get_config(arg=None):
   c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="none", weight_decay=1e-4,
                      momentum=0.9, warmup_epochs=0, schedule="steps",
                      lr_steps_epochs=(120, 160, 200))
-  c.augment.update(crop_scale=(0.2, 1.0), flip=True, color_prob=0.0, gray_prob=0.0,
+  # crop_low is forced to 0.08 for the ImageNet ResNets (train_CMC.py:88, 95-97).
+  c.augment.update(crop_scale=(0.08, 1.0), flip=True, color_prob=0.0, gray_prob=0.0,
                    blur_prob=0.0, solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # train_CMC.py:131-149: torchvision transforms on PIL images
   c.cmc = ml_collections.ConfigDict(dict(
       objective="nce",            # "nce" | "softmax" (CE over the K + 1 logits)
       num_negatives=16384, memory_momentum=0.5))

@@ -51,10 +51,17 @@ Augmentation: `dino.color_jitter` (brightness, contrast, saturation, hue) with p
 global 2 / local crops (`dino.global_blur_probs`, `dino.global_solarize_probs`,
 `dino.local_blur_prob`). `augment.blur_prob` and `.solarize_prob` are not read.
 
+Augmentation semantics (`augment.color_impl`, `.crop_sampler`, `.resize_method`,
+`.antialias`): torchvision's ColorJitter and RandomGrayscale on PIL images (contrast
+toward the grey mean, saturation a blend with grey, multiplicative brightness),
+RandomResizedCrop resized bicubically by PIL, which antialiases when it shrinks
+(main_dino.py DataAugmentationDINO); the device keeps float values where PIL rounds each
+op to uint8.
+
 Deviations from the original: photometric augmentation runs on the device with the
 library's ops (SimCLR-style blur whose kernel is 10% of the crop instead of PIL's
-GaussianBlur, solarize at 0.5, per-channel-mean contrast, bilinear instead of bicubic
-resized crops); ImageNet mean/std normalisation happens inside the network; the ViT's
+GaussianBlur, solarize at 0.5); ImageNet mean/std normalisation happens inside the network;
+the ViT's
 linear layers keep the library's Xavier init (DINO: truncated normal 0.02), its learned
 position embedding is resized bicubically for 96 px crops (DINO adds 0.1 to the scale
 factor); mixed precision is bfloat16 (the original: fp16). The kNN monitor and the evaluation CLI
@@ -173,6 +180,8 @@ def get_config(arg=None):
   # torchvision ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 (brightness multiplicative), gray 0.2.
   c.augment.update(crop_scale=(0.4, 1.0), brightness_impl="multiplicative", color_prob=0.8,
                    gray_prob=0.2, flip=True)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bicubic",
+                   antialias=True)   # main_dino.py DataAugmentationDINO: PIL, Image.BICUBIC
   c.dino = ml_collections.ConfigDict(dict(
       student_temp=0.1, teacher_temp=0.07, warmup_teacher_temp=0.04,
       warmup_teacher_temp_epochs=30, center_momentum=0.9, momentum_teacher=0.996,

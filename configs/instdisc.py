@@ -19,9 +19,17 @@ Variants, `--config=configs/instdisc.py:<variant>`:
               temperature 0.1, lr 0.03 x 256/128 = 0.06) for 10 epochs at batch 256.
   smoke       A seconds-long CPU run for tests (NCE, K = 64).
 
+Augmentation semantics (`augment.color_impl`, `.crop_sampler`, `.resize_method`,
+`.antialias`): torchvision's ColorJitter and RandomGrayscale on PIL images (contrast
+toward the grey mean, saturation a blend with grey, multiplicative brightness),
+RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
+(main.py:118-125, cifar.py:50-57); the device keeps float values where PIL rounds each op
+to uint8.
+
 Deviations: ImageNet mean/std input normalisation in every variant (the CIFAR original
-uses CIFAR's); grayscale is applied after the colour jitter (the original converts to grey
-first, then jitters); BN over the global batch; the ResNet's last BN of each block starts
+uses CIFAR's); at ImageNet scale grayscale comes after the colour jitter (main.py greys
+first; cifar.py jitters first, as here, and has no flip, cifar.py:54: the CIFAR variants
+set augment.flip=False); BN over the global batch; the ResNet's last BN of each block starts
 at zero; the NCE has no eps (see ssl_jax/memory_bank.py); backbone features for kNN.
 """
 import ml_collections
@@ -36,6 +44,7 @@ def cifar_recipe(c):
   c.optimizer.update(base_lr=0.03 * 256 / 128, lr_scaling="linear", weight_decay=5e-4,
                      warmup_epochs=0)
   c.instdisc.objective = "full"
+  c.augment.flip = False     # cifar.py:54 comments the flip out
   return c
 
 
@@ -63,6 +72,8 @@ def get_config(arg=None):
                      momentum=0.9, warmup_epochs=0, schedule="steps", lr_steps_epochs=(120, 160))
   c.augment.update(crop_scale=(0.2, 1.0), color_prob=1.0, brightness_impl="multiplicative",
                    gray_prob=0.2, blur_prob=0.0, solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # main.py:118-125, cifar.py:50-57: torchvision on PIL
   c.eval.knn_temperature = 0.07
   c.instdisc = ml_collections.ConfigDict(dict(
       objective="nce",            # "nce" | "softmax" (CE over the K + 1) | "full" (all rows)

@@ -17,6 +17,12 @@ Variants, `--config=configs/invaspread.py:<variant>`:
               (base width 8), batch 128, per-step cosine lr from 0.06 (base 0.12), 10 epochs.
   smoke       A seconds-long CPU run for tests.
 
+Augmentation semantics (`augment.color_impl`, `.crop_sampler`, `.resize_method`,
+`.antialias`): torchvision's ColorJitter and RandomGrayscale on PIL images (contrast
+toward the grey mean, saturation a blend with grey, multiplicative brightness),
+RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
+(demo_seen.py:85-92); the device keeps float values where PIL rounds each op to uint8.
+
 Deviations: ImageNet mean/std input normalisation (the original uses CIFAR's); the
 ResNet's last BN of each block starts at zero (the library's ResNet); BN batches are
 per view and global over devices (the original: 4 DataParallel chunks of 64, one view
@@ -58,6 +64,8 @@ def get_config(arg=None):
                      momentum=0.9, warmup_epochs=0, schedule="steps", lr_steps_epochs=(120,))
   c.augment.update(crop_scale=(0.2, 1.0), color_prob=1.0, brightness_impl="multiplicative",
                    gray_prob=0.2, blur_prob=0.0, solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # demo_seen.py:85-92: torchvision transforms on PIL images
   c.eval.update(knn_k=200, knn_temperature=0.1)
   c.invaspread = ml_collections.ConfigDict(dict(
       neg_m=1.0, color_jitter=(0.4, 0.4, 0.4, 0.4)))

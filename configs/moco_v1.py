@@ -21,6 +21,12 @@ Variants, `--config=configs/moco_v1.py:<variant>`:
               experiments/RESULTS.md).
   smoke       A seconds-long CPU run for tests.
 
+Augmentation semantics (`augment.color_impl`, `.crop_sampler`, `.resize_method`,
+`.antialias`): torchvision's ColorJitter and RandomGrayscale on PIL images (contrast
+toward the grey mean, saturation a blend with grey, multiplicative brightness),
+RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
+(main_moco.py); the device keeps float values where PIL rounds each op to uint8.
+
 Deviations: input normalised with ImageNet mean/std in every variant; the ResNet's last BN
 of each block starts at zero (the library's ResNet; torchvision's starts at one); BN
 running statistics are averaged over devices/groups (the original keeps rank 0's); blur,
@@ -68,6 +74,8 @@ def get_config(arg=None):
                      momentum=0.9, warmup_epochs=0, schedule="steps", lr_steps_epochs=(120, 160))
   c.augment.update(crop_scale=(0.2, 1.0), color_prob=1.0, brightness_impl="multiplicative",
                    gray_prob=0.2, blur_prob=0.0, solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # main_moco.py: torchvision transforms on PIL images
   c.moco = ml_collections.ConfigDict(dict(
       queue_size=65536, momentum=0.999, bn_groups=1, shuffle_bn=True, symmetric=False,
       color_jitter=(0.4, 0.4, 0.4, 0.4)))

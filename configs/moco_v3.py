@@ -30,9 +30,15 @@ Augmentation fields: `augment.jitter` (brightness, contrast, saturation, hue) an
 per-view `augment.view_blur_prob` / `augment.view_solarize_prob` replace color_strength,
 blur_prob and solarize_prob, which MoCo v3 does not read.
 
+Augmentation semantics (`augment.color_impl`, `.crop_sampler`, `.resize_method`,
+`.antialias`): torchvision's ColorJitter and RandomGrayscale on PIL images (contrast
+toward the grey mean, saturation a blend with grey, multiplicative brightness),
+RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
+(main_moco.py); the device keeps float values where PIL rounds each op to uint8.
+
 Deviations from the original: photometric augmentation runs on the device with the
 library's ops (SimCLR-style blur whose kernel is 10% of the crop instead of PIL's
-GaussianBlur, solarize at 0.5 instead of 128/255, per-channel-mean contrast); ImageNet
+GaussianBlur, solarize at 0.5 instead of 128/255); ImageNet
 mean/std normalisation happens inside the network; the sin-cos position embedding is a
 constant, not a frozen parameter. Mixed precision is bfloat16 (the original: fp16 AMP).
 """
@@ -128,6 +134,8 @@ def get_config(arg=None):
   c.augment.jitter = (0.4, 0.4, 0.2, 0.1)
   c.augment.view_blur_prob = (1.0, 0.1)
   c.augment.view_solarize_prob = (0.0, 0.2)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # main_moco.py: torchvision transforms on PIL images
   vit_recipe(c)
   return config_lib.variant(c, arg, {
       "resnet50": resnet50, "cifar10": cifar10, "cifar10_vit": cifar10_vit,

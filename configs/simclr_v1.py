@@ -16,6 +16,12 @@ Variants, `--config=configs/simclr_v1.py:<variant>`:
               Deviations chosen for speed of learning at this scale: batch 128,
               temperature 0.2, head hidden width 512, crop scale (0.2, 1), 1 warmup epoch.
   smoke       A seconds-long CPU run for tests.
+
+Augmentation semantics (every variant, as the code): crops by
+tf.image.sample_distorted_bounding_box (area (0.08, 1), aspect uniform in (3/4, 4/3),
+min_object_covered 0.1, 100 attempts) resized bicubically without antialiasing
+(tf2/data_util.py:246-320); tf.image colour ops (33-173); one blur sigma per batch and
+view, per global batch here (393-440; SimCLR: per replica), the p = 0.5 choice per image.
 """
 from ssl_jax import config as config_lib
 
@@ -51,6 +57,10 @@ def get_config(arg=None):
                      momentum=0.9, trust_coefficient=1e-3, warmup_epochs=10, schedule="cosine")
   c.augment.update(crop_scale=(0.08, 1.0), color_strength=1.0, brightness_impl="additive",
                    blur_prob=0.5)
+  # tf2/data_util.py:246-320 (sample_distorted_bounding_box, bicubic tf.image.resize),
+  # 33-173 (tf.image colour ops), 393-440 (one blur sigma per batch and view).
+  c.augment.update(color_impl="tf", crop_sampler="tf", resize_method="bicubic",
+                   antialias=False, blur_per_batch=True)
   return config_lib.variant(c, arg, {
       "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
       "quickstart": lambda c: quickstart_recipe(cifar_recipe(config_lib.use_quickstart(c))),

@@ -17,6 +17,12 @@ Variants, `--config=configs/simsiam.py:<variant>`:
               (base width 8) with 512-wide heads and a 128-wide predictor bottleneck.
   smoke       A seconds-long CPU run for tests.
 
+Augmentation semantics (`augment.color_impl`, `.crop_sampler`, `.resize_method`,
+`.antialias`): torchvision's ColorJitter and RandomGrayscale on PIL images (contrast
+toward the grey mean, saturation a blend with grey, multiplicative brightness),
+RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
+(main_simsiam.py); the device keeps float values where PIL rounds each op to uint8.
+
 Deviations: ImageNet mean/std normalisation in every variant; blur is the TF-style kernel
 (10% of the side) rather than PIL's radius; the projector's last Linear has no bias (the
 original's is frozen, and the non-affine BN after it removes any bias anyway).
@@ -55,6 +61,8 @@ def get_config(arg=None):
   c.optimizer.fixed_lr_module = "predictor"                      # --fix-pred-lr
   c.augment.update(crop_scale=(0.2, 1.0), color_prob=0.8, brightness_impl="multiplicative",
                    gray_prob=0.2, blur_prob=0.5)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # main_simsiam.py: torchvision transforms on PIL images
   c.simsiam = ml_collections.ConfigDict(dict(
       predictor_hidden_dim=512, color_jitter=(0.4, 0.4, 0.4, 0.1)))
   return config_lib.variant(c, arg, {

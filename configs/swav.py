@@ -31,6 +31,13 @@ Variants, `--config=configs/swav.py:<variant>`:
   smoke       A seconds-long CPU run for tests: 2 x 16 px + 2 x 8 px crops, a queue of 64
               from step 0, so the queue is filled and then used within the 3 steps.
 
+Augmentation semantics (`augment.color_impl`, `.crop_sampler`, `.resize_method`,
+`.antialias`): torchvision's ColorJitter and RandomGrayscale on PIL images (contrast
+toward the grey mean, saturation a blend with grey, multiplicative brightness),
+RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
+(src/multicropdataset.py); the device keeps float values where PIL rounds each op to
+uint8.
+
 Deviations: the warmup starts at lr 0 (the 800-epoch script starts at 0.3); BN is global,
 not in groups of 8 GPUs (apex's syncbn_process_group_size); the blur is the TF kernel (10%
 of the side) with sigma U(0.1, 2), not PIL's GaussianBlur radius; the queue is one global
@@ -92,6 +99,8 @@ def get_config(arg=None):
   c.augment.update(crop_scale=(0.14, 1.0), color_strength=1.0, color_prob=0.8,
                    brightness_impl="multiplicative", gray_prob=0.2, blur_prob=0.5,
                    solarize_prob=0.0)
+  c.augment.update(color_impl="torchvision", crop_sampler="torchvision", resize_method="bilinear",
+                   antialias=True)   # src/multicropdataset.py: torchvision transforms on PIL images
   c.swav = ml_collections.ConfigDict(dict(
       num_prototypes=3000, epsilon=0.05, sinkhorn_iterations=3, crops_for_assign=(0, 1),
       num_small_crops=6, small_crop_size=96, small_crop_scale=(0.05, 0.14),

@@ -66,7 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
       # (RandomResizedCrop) or "tf" (sample_distorted_bounding_box: SimCLR, BYOL); crop
       # resize "bilinear" or "bicubic", antialiased when shrinking or not.
       color_impl="tf", crop_sampler="torchvision", resize_method="bilinear",
-      antialias=False))
+      antialias=False,
+      # The blur sigma drawn once per batch and view (SimCLR) or per image (PIL originals).
+      blur_per_batch=False))
   c.eval = ml_collections.ConfigDict(dict(
       knn_k=200, knn_temperature=0.1, batch_size=500, knn_every_epochs=0, random_init=True,
       # workdir/plots at the end: curves, and a t-SNE of this many eval features (0 = none)
@@ -295,11 +297,20 @@ def validate(config, device_count: int | None = None):
   _check(config.augment.brightness_impl in ("additive", "multiplicative"),
          f"config.augment.brightness_impl={config.augment.brightness_impl!r} is unknown; use "
          "'additive' (SimCLR v1) or 'multiplicative' (SimCLR v2)")
+  _validate_augment_semantics(config.augment)
   _check(0 <= config.head.finetune_layer < max(config.head.num_layers, 1),
          f"config.head.finetune_layer={config.head.finetune_layer} must be below "
          f"config.head.num_layers={config.head.num_layers}")
   if hasattr(method, "validate"):   # the method's own fields (queue length, groups...)
     method.validate(config, device_count)
+
+
+def _validate_augment_semantics(a):
+  from ssl_jax.data import color, crops  # pylint: disable=import-outside-toplevel
+  for name, known in (("color_impl", color.COLOR_IMPLS), ("crop_sampler", crops.SAMPLERS),
+                      ("resize_method", crops.RESIZE_METHODS)):
+    _check(a[name] in known, f"config.augment.{name}={a[name]!r} is unknown; use one of "
+           f"{known}")
 
 
 def _validate_input_pipeline(config):

@@ -1,13 +1,14 @@
 """Tests for ssl_jax.data.augment (tiny images, CPU)."""
 import colorsys
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax.data import augment
+from ssl_jax.data import augment, color, crops
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
 
@@ -169,12 +170,12 @@ def test_hue_only_jitter_keeps_max_and_min_channel():
 def test_rgb_hsv_round_trip_and_reference():
   x = np.random.default_rng(0).uniform(size=(64, 3)).astype(np.float32)
   x[:4] = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0.5]]
-  hsv = np.asarray(augment.rgb_to_hsv(jnp.asarray(x)))
+  hsv = np.asarray(color.rgb_to_hsv(jnp.asarray(x)))
   want = np.array([colorsys.rgb_to_hsv(*p) for p in x.astype(np.float64)])
   np.testing.assert_allclose(hsv, want, atol=1e-5)
   np.testing.assert_allclose(hsv[:4], [[0, 1, 1], [1 / 3, 1, 1], [2 / 3, 1, 1], [0, 0, 0.5]],
                              atol=1e-6)
-  np.testing.assert_allclose(np.asarray(augment.hsv_to_rgb(jnp.asarray(hsv))), x, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(color.hsv_to_rgb(jnp.asarray(hsv))), x, atol=1e-5)
 
 
 def test_grayscale_uses_luma():
@@ -257,8 +258,8 @@ def test_crop_box_area_and_ratio():
 
   @jax.jit
   def boxes(keys):
-    return [jax.vmap(lambda k: augment.sample_crop_box(k, *hw, scale, ratio))(keys)
-            for hw, scale in cases]
+    return [jax.vmap(lambda k: crops.sample_crop_box(
+        k, *hw, View(8, crop_scale=scale, crop_ratio=ratio)))(keys) for hw, scale in cases]
 
   for ((h, w), scale), box in zip(cases, boxes(jax.random.split(jax.random.key(0), 2000))):
     top, left, bh, bw = map(np.asarray, box)
@@ -282,3 +283,157 @@ def test_simclr_view_and_validation():
     View(8, gray_prob=1.5)
 
 
+
+
+# ------------------------------------------- colour semantics against PIL and tf.image
+
+def _cifar_images(count=4):
+  """A few real CIFAR-10 images (uint8), decoded from the bundled quickstart file."""
+  import io   # pylint: disable=import-outside-toplevel
+  from PIL import Image   # pylint: disable=import-outside-toplevel
+  data = np.load(augment.__file__.replace("augment.py", "quickstart_cifar10.npz"))
+  raw, offsets = data["train.data"], data["train.offsets"]
+  return np.stack([np.asarray(Image.open(io.BytesIO(raw[offsets[i]:offsets[i + 1]].tobytes()))
+                              .convert("RGB")) for i in range(count)])
+
+
+LEVEL = 1 / 255 + 1e-5   # one grey level
+
+
+@pytest.mark.parametrize("op, enhance", [
+    (color.brightness_multiplicative, "Brightness"), (color.contrast_torchvision, "Contrast"),
+    (color.saturation_torchvision, "Color")])
+def test_torchvision_ops_match_pillow_on_cifar(op, enhance):
+  from PIL import Image, ImageEnhance   # pylint: disable=import-outside-toplevel
+  images = _cifar_images()
+  batched = jax.jit(jax.vmap(op, in_axes=(0, None)))
+  for factor in (0.6, 1.0, 1.7):
+    ours = np.asarray(batched(images / np.float32(255), factor))
+    want = np.stack([np.asarray(getattr(ImageEnhance, enhance)(Image.fromarray(im))
+                                .enhance(factor)) for im in images]) / 255.0
+    np.testing.assert_allclose(ours, want, rtol=0, atol=LEVEL)
+
+
+def test_the_two_saturation_ops_differ_on_real_images():
+  # HSV scaling (tf) vs a blend with luma (PIL): apart by more than the op's own effect.
+  x = jnp.asarray(_cifar_images() / np.float32(255))
+  tf_like, torch_like = color.saturation_tf(x, 1.8), color.saturation_torchvision(x, 1.8)
+  assert np.abs(np.asarray(tf_like - torch_like)).max() > 10 / 255
+
+
+def test_torchvision_grayscale_is_pillow_l():
+  from PIL import Image   # pylint: disable=import-outside-toplevel
+  images = _cifar_images()
+  view = View(32, color_prob=0.0, gray_prob=1.0, blur_prob=0.0, color_impl="torchvision")
+  out = np.asarray(jax.vmap(lambda x: augment.photometric(jax.random.key(0), x, view))(
+      images / np.float32(255)))
+  want = np.stack([np.asarray(Image.fromarray(im).convert("L")) for im in images]) / 255.0
+  np.testing.assert_allclose(out, np.repeat(want[..., None], 3, -1), rtol=0, atol=1e-6)
+
+
+def test_tf_ops_match_tf_image_on_cifar():
+  tf = pytest.importorskip("tensorflow")
+  x = _cifar_images() / np.float32(255)
+  cases = [(color.brightness_additive, tf.image.adjust_brightness, 0.3),
+           (color.contrast_tf, tf.image.adjust_contrast, 1.6),
+           (color.saturation_tf, tf.image.adjust_saturation, 1.8),
+           (color.hue_shift, tf.image.adjust_hue, 0.15)]
+  for ours, theirs, factor in cases:
+    got = np.asarray(jax.jit(jax.vmap(ours, in_axes=(0, None)))(x, factor))
+    want = np.clip(np.stack([theirs(im, factor).numpy() for im in x]), 0, 1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=LEVEL)
+
+
+def test_color_impl_picks_the_ops():
+  # Only contrast, at a fixed factor: the view's output is that family's op.
+  x = jnp.asarray(_cifar_images(1)[0] / np.float32(255))
+  outs = {}
+  for impl in color.COLOR_IMPLS:
+    view = View(32, color_prob=1.0, brightness=0.0, contrast=0.5, saturation=0.0, hue=0.0,
+                gray_prob=0.0, blur_prob=0.0, color_impl=impl)
+    outs[impl] = np.asarray(color.color_jitter(jax.random.key(0), x, view))
+  k_c = jax.random.split(jax.random.key(0), 5)[2]
+  factor = jax.random.uniform(k_c, (), jnp.float32, 0.5, 1.5)
+  np.testing.assert_allclose(outs["tf"], color.contrast_tf(x, factor), atol=1e-6)
+  np.testing.assert_allclose(outs["torchvision"], color.contrast_torchvision(x, factor),
+                             atol=1e-6)
+
+
+# ------------------------------------------------------------------------ resize
+
+@pytest.mark.parametrize("box, out", [((3, 5, 20, 26), 8), ((4, 2, 9, 7), 16)])  # shrink, grow
+def test_resize_matrices_match_jax_image_resize(box, out):
+  x = np.random.default_rng(0).uniform(size=(32, 32, 3)).astype(np.float32)
+  top, left, h, w = box
+  crop = x[top:top + h, left:left + w]
+  for method, jax_method in (("bilinear", "linear"), ("bicubic", "cubic")):
+    for antialias in (False, True):
+      wy = crops.interp_matrix(top, h, 32, out, method, antialias)
+      wx = crops.interp_matrix(left, w, 32, out, method, antialias)
+      ours = np.einsum("oh,hwc,pw->opc", wy, x, wx)
+      want = jax.image.resize(crop, (out, out, 3), jax_method, antialias=antialias)
+      np.testing.assert_allclose(ours, want, atol=1e-5, err_msg=f"{method} {antialias}")
+
+
+def test_resize_matrices_match_tf_image_resize_and_keep_identity():
+  tf = pytest.importorskip("tensorflow")
+  x = np.random.default_rng(1).uniform(size=(32, 32, 3)).astype(np.float32)
+  for (top, left, h, w, out), method, antialias in itertools.product(
+      ((3, 5, 20, 26, 8), (4, 2, 9, 7, 16)), crops.RESIZE_METHODS, (False, True)):
+    wy = crops.interp_matrix(top, h, 32, out, method, antialias)
+    wx = crops.interp_matrix(left, w, 32, out, method, antialias)
+    want = tf.image.resize(x[top:top + h, left:left + w], (out, out), method,
+                           antialias=antialias).numpy()
+    np.testing.assert_allclose(np.einsum("oh,hwc,pw->opc", wy, x, wx), want, atol=1e-5)
+  for method in crops.RESIZE_METHODS:
+    for antialias in (False, True):
+      np.testing.assert_array_equal(crops.interp_matrix(0, 12, 12, 12, method, antialias),
+                                    np.eye(12))
+
+
+# ------------------------------------------------------ blur sigma, config choices
+
+def test_blur_sigma_per_batch_or_per_image():
+  images = np.zeros((8, 40, 40, 3), np.uint8)   # radius 2 at 40 px
+  images[:, 20, 20] = 255
+  outs = {}
+  for per_batch in (False, True):
+    view = View(40, color_prob=0.0, gray_prob=0.0, blur_prob=1.0, blur_per_batch=per_batch)
+    outs[per_batch] = np.asarray(augment.photometric_batch(jax.random.key(0), images,
+                                                           jnp.arange(8), view))
+  centre = {k: v[:, 20, 20, 0] for k, v in outs.items()}
+  assert np.ptp(centre[True]) < 1e-6 and np.ptp(centre[False]) > 1e-3
+
+
+def test_augment_semantics_are_validated():
+  from ssl_jax import config as config_lib   # pylint: disable=import-outside-toplevel
+  for name, bad in (("color_impl", "pil"), ("crop_sampler", "inception"),
+                    ("resize_method", "lanczos")):
+    c = config_lib.base_config()
+    c.augment[name] = bad
+    with pytest.raises(ConfigError, match=f"config.augment.{name}="):
+      config_lib.validate(c)
+    with pytest.raises(ConfigError, match=f"View.{name}="):
+      View(8, **{name: bad})
+
+
+@pytest.mark.parametrize("config_name, want", [
+    ("simclr_v1", dict(color_impl="tf", crop_sampler="tf", resize_method="bicubic",
+                       antialias=False, blur_per_batch=True)),
+    ("simclr_v2:cifar10", dict(color_impl="tf", crop_sampler="tf", blur_per_batch=True)),
+    ("byol", dict(color_impl="tf", crop_sampler="byol", resize_method="bicubic",
+                  antialias=False, blur_per_batch=False)),
+    ("moco_v2", dict(color_impl="torchvision", crop_sampler="torchvision", antialias=True,
+                     resize_method="bilinear", blur_per_batch=False)),
+    ("dino", dict(color_impl="torchvision", resize_method="bicubic", antialias=True)),
+    ("swav", dict(color_impl="torchvision", antialias=True)),
+    ("instdisc:cifar10", dict(color_impl="torchvision", flip=False)),
+    ("cmc", dict(crop_scale=(0.08, 1.0), antialias=True)),
+])
+def test_each_method_views_use_its_originals_semantics(config_name, want):
+  import importlib   # pylint: disable=import-outside-toplevel
+  from ssl_jax import methods   # pylint: disable=import-outside-toplevel
+  name, _, variant = config_name.partition(":")
+  config = importlib.import_module(f"configs.{name}").get_config(variant or None)
+  for view in methods.get(config.method).views(config):
+    assert {k: getattr(view, k) for k in want} == want

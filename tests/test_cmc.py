@@ -150,7 +150,7 @@ def test_paper_settings():
   assert tuple(c.optimizer.lr_steps_epochs) == (120, 160, 200) and c.num_epochs == 240
   view = cmc.views(c)[0]
   assert (view.color_prob, view.gray_prob, view.flip) == (0.0, 0.0, True)
-  assert view.crop_scale == (0.2, 1.0)
+  assert view.crop_scale == (0.08, 1.0)   # crop_low forced to 0.08 for ResNets
 
 
 def test_smoke_run_through_the_cli(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ssl_jax import config as config_lib, parallel
-from ssl_jax.data import augment, pipeline, sources, tf_sources
+from ssl_jax.data import augment, crops, pipeline, sources, tf_sources
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import knn, linear, protocols, workdir as workdir_lib
@@ -275,3 +275,81 @@ def test_cli_trains_through_tfdata_on_an_image_folder(folder, tmp_path):
   assert exported["shapes"] == {"train": [24, 32], "eval": [8, 32]}   # 2 bad files dropped
   assert (workdir / "plots" / "embedding_tsne.png").exists() is False
   assert protocols.evaluate(str(workdir), "plots")["files"][-1].endswith("embedding_tsne.png")
+
+
+def _tf_reference_boxes(tf, height, width, n):
+  """n boxes (top, left, h, w) from TensorFlow's own op, with SimCLR's arguments."""
+  @tf.function
+  def draw(seeds):
+    def one(seed):
+      begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          [height, width, 3], tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed,
+          min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+          max_attempts=100)
+      return tf.concat([begin[:2], size[:2]], 0)
+    return tf.map_fn(one, seeds, fn_output_signature=tf.int32)
+  return draw(tf.stack([tf.zeros(n, tf.int64), tf.range(n, dtype=tf.int64)], 1)).numpy()
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (30, 48)])
+def test_tf_sampler_matches_sample_distorted_bounding_box_on_both_paths(height, width):
+  tf, n = tf_sources.tf(), 10_000
+  view = View(size=16, crop_sampler="tf")
+  host = pipeline.crop_boxes(tf.constant([1, 2], tf.int64), height, width, [view] * n)[0]
+  device = jax.jit(jax.vmap(lambda k: crops.sample_crop_box(k, height, width, view)))(
+      jax.random.split(jax.random.key(0), n))
+  reference = _tf_reference_boxes(tf, height, width, n).astype(np.float64)
+  want_area = reference[:, 2] * reference[:, 3] / (height * width)
+  want_aspect = np.log(reference[:, 3] / reference[:, 2])
+  for boxes in (host.numpy(), np.stack([np.asarray(b) for b in device], 1)):
+    np.testing.assert_array_equal(boxes, np.round(boxes))   # integer pixels on both paths
+    assert np.all(boxes[:, 0] + boxes[:, 2] <= height)
+    assert np.all(boxes[:, 1] + boxes[:, 3] <= width)
+    area = boxes[:, 2] * boxes[:, 3] / (height * width)
+    aspect = np.log(boxes[:, 3] / boxes[:, 2])
+    for ours, want in ((area, want_area), (aspect, want_aspect)):
+      standard_error = np.sqrt((ours.var() + want.var()) / n)
+      assert abs(ours.mean() - want.mean()) < 4 * standard_error
+      assert abs(ours.std() - want.std()) < 0.03 * want.std()
+    for q in (0.1, 0.5, 0.9):
+      assert abs(np.quantile(area, q) - np.quantile(want_area, q)) < 0.02
+    assert area.min() >= 0.1 - 1e-6 and abs(area.min() - want_area.min()) < 0.01
+  # Smaller crops than torchvision's rule on average (METHODS.md §6.3).
+  torchvision = pipeline.crop_boxes(tf.constant([1, 2], tf.int64), height, width,
+                                    [View(size=16)] * n)[0].numpy()
+  assert (torchvision[:, 2] * torchvision[:, 3]).mean() > 1.05 * (want_area.mean() * height * width)
+
+
+def test_byol_sampler_draws_once_and_clips_on_both_paths():
+  tf, n, side = tf_sources.tf(), 4000, 32
+  view = View(size=16, crop_sampler="byol")
+  host = pipeline.crop_boxes(tf.constant([3, 4], tf.int64), side, side, [view] * n)[0].numpy()
+  device = jax.jit(jax.vmap(lambda k: crops.sample_crop_box(k, side, side, view)))(
+      jax.random.split(jax.random.key(1), n))
+  device = np.stack([np.asarray(b) for b in device], 1)
+  # BYOL's rule in numpy: area U(0.08, 1), log-uniform aspect, sides clipped to the image.
+  rng = np.random.default_rng(0)
+  area = side * side * rng.uniform(0.08, 1.0, n)
+  aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3), n))
+  want = np.minimum(np.sqrt(area * aspect), side) * np.minimum(np.sqrt(area / aspect), side)
+  for boxes in (host, device):
+    got = boxes[:, 2] * boxes[:, 3]
+    assert abs(got.mean() - want.mean()) < 4 * np.sqrt((got.var() + want.var()) / n) + 0.5
+    assert np.mean(boxes[:, 3] == side) > 0.02        # clipped, not retried
+    assert np.all(boxes[:, 0] + boxes[:, 2] <= side)
+
+
+@pytest.mark.parametrize("method, antialias", [("bicubic", False), ("bilinear", True)])
+def test_host_crops_equal_device_resize_of_the_same_box(method, antialias):
+  tf = tf_sources.tf()
+  image = np.random.default_rng(0).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+  views = [View(size=16, crop_sampler="tf", flip=False, resize_method=method,
+                antialias=antialias)] * 4
+  seed = tf.constant([5, 6], tf.int64)
+  boxes = pipeline.crop_boxes(seed, 40, 36, views)[0].numpy()
+  host = pipeline.crop_views(tf.constant(image), seed, views)
+  for (top, left, h, w), crop in zip(boxes, host):
+    wy = crops.interp_matrix(top, h, 40, 16, method, antialias)
+    wx = crops.interp_matrix(left, w, 36, 16, method, antialias)
+    device = np.clip(np.einsum("oh,hwc,pw->opc", wy, image.astype(np.float32), wx), 0, 255)
+    assert np.abs(device - crop.numpy()).max() <= 0.5 + 1e-3   # uint8 rounding only

@@ -1,27 +1,25 @@
 """On-device image augmentation in pure JAX (jit- and vmap-able, no TensorFlow).
 
-Follows the SimCLR / BYOL TF pipelines (METHODS.md §6.3, §10.3): random resized
-crop + flip, colour jitter in random order (p=color_prob), grayscale, Gaussian
-blur with a kernel tied to the image size, solarize. Outputs stay in [0, 1]; no
-mean/std normalisation here.
+Random resized crop + flip (crops.py: box samplers and resize kernels), colour jitter in
+random order with p = color_prob (color.py: tf.image or torchvision semantics),
+greyscale, Gaussian blur with a kernel tied to the image size (SimCLR's), solarize
+(METHODS.md §6.3, §10.3, §14.3). Outputs stay in [0, 1]; no mean/std normalisation here.
 
 Random choices are made with `jnp.where` / `lax.switch` on traced values, so the
 code vectorises under `vmap`. Python `if`s only look at the static `View`.
 """
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 
 from ssl_jax import parallel
+from ssl_jax.data import color, crops
 from ssl_jax.errors import ConfigError
 
 # Exact float32 matmuls: GPUs may default to TF32, which would blur pixel values
 # by ~1e-3 and break the exact identity crop.
 _HI = jax.lax.Precision.HIGHEST
-# tf.image.rgb_to_grayscale weights.
-_LUMA = (0.2989, 0.5870, 0.1140)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +39,13 @@ class View:
   blur_prob: float = 0.5
   blur_sigma: tuple[float, float] = (0.1, 2.0)
   solarize_prob: float = 0.0
+  color_impl: str = "tf"              # color.COLOR_IMPLS
+  crop_sampler: str = "torchvision"   # crops.SAMPLERS
+  resize_method: str = "bilinear"     # crops.RESIZE_METHODS
+  antialias: bool = False
+  # One blur sigma per call of augment_batch / photometric_batch (SimCLR's per-replica
+  # batch; here the global batch, see _batch_keys) instead of one per image.
+  blur_per_batch: bool = False
 
   def __post_init__(self):
     # Configs may hand us lists; tuples keep the dataclass hashable.
@@ -51,6 +56,10 @@ class View:
     if self.brightness_impl not in ("additive", "multiplicative"):
       raise ConfigError("View.brightness_impl must be 'additive' or "
                         f"'multiplicative', got {self.brightness_impl!r}")
+    for name, known in (("color_impl", color.COLOR_IMPLS), ("crop_sampler", crops.SAMPLERS),
+                        ("resize_method", crops.RESIZE_METHODS)):
+      if getattr(self, name) not in known:
+        raise ConfigError(f"View.{name}={getattr(self, name)!r} is unknown; use one of {known}")
     for name in ("color_prob", "gray_prob", "blur_prob", "solarize_prob"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ConfigError(f"View.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -80,61 +89,14 @@ def _uniform(key, lo, hi):
   return jax.random.uniform(key, (), jnp.float32, lo, hi)
 
 
-# ----------------------------------------------------------------- crop + flip
-
-def sample_crop_box(key, height, width, scale, ratio, attempts=10):
-  """torchvision RandomResizedCrop box as floats (top, left, h, w).
-
-  `attempts` candidates are drawn at once (area fraction U(scale), log-uniform
-  aspect w/h); the first that fits is used, else a central crop with the aspect
-  clamped to `ratio` (torchvision's fallback). Sizes are not rounded to pixels:
-  the bilinear matrices handle fractional boxes.
-  """
-  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
-  area = height * width * jax.random.uniform(k_area, (attempts,), jnp.float32, *scale)
-  log_r = jax.random.uniform(k_ratio, (attempts,), jnp.float32,
-                             math.log(ratio[0]), math.log(ratio[1]))
-  aspect = jnp.exp(log_r)
-  ws, hs = jnp.sqrt(area * aspect), jnp.sqrt(area / aspect)
-  fits = (ws <= width) & (hs <= height)
-  first = jnp.argmax(fits)  # index of the first True (0 when none fits)
-  found = jnp.any(fits)
-  # Fallback (static: depends only on the image shape and the ratio range).
-  in_ratio = width / height
-  if in_ratio < ratio[0]:
-    fw, fh = width, width / ratio[0]
-  elif in_ratio > ratio[1]:
-    fw, fh = height * ratio[1], height
-  else:
-    fw, fh = width, height
-  h = jnp.where(found, hs[first], fh)
-  w = jnp.where(found, ws[first], fw)
-  top = jnp.where(found, jax.random.uniform(k_top) * (height - h), (height - h) / 2)
-  left = jnp.where(found, jax.random.uniform(k_left) * (width - w), (width - w) / 2)
-  return top, left, h, w
-
-
-def _interp_matrix(start, length, in_size, out_size):
-  """(out_size, in_size) bilinear weights resampling [start, start+length)."""
-  # Half-pixel centres: output pixel i covers input coordinate
-  # start + (i + 0.5) * length / out_size, in a frame where pixel j's centre is j.
-  pos = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * (length / out_size) - 0.5
-  pos = jnp.clip(pos, 0.0, in_size - 1)  # edge clamping
-  lo = jnp.floor(pos)
-  frac = (pos - lo)[:, None]
-  lo = lo.astype(jnp.int32)
-  hi = jnp.minimum(lo + 1, in_size - 1)
-  return ((1 - frac) * jax.nn.one_hot(lo, in_size, dtype=jnp.float32)
-          + frac * jax.nn.one_hot(hi, in_size, dtype=jnp.float32))
-
-
 def crop_and_flip(key, image, view):
-  """Random resized crop (bilinear) + horizontal flip: (H, W, 3) -> (size, size, 3)."""
+  """Random resized crop + horizontal flip: (H, W, 3) -> (size, size, 3)."""
   height, width = image.shape[0], image.shape[1]
   k_box, k_flip = jax.random.split(key)
-  top, left, h, w = sample_crop_box(k_box, height, width, view.crop_scale, view.crop_ratio)
-  wy = _interp_matrix(top, h, height, view.size)
-  wx = _interp_matrix(left, w, width, view.size)
+  top, left, h, w = crops.sample_crop_box(k_box, height, width, view)
+  resize = dict(method=view.resize_method, antialias=view.antialias)
+  wy = crops.interp_matrix(top, h, height, view.size, **resize)
+  wx = crops.interp_matrix(left, w, width, view.size, **resize)
   if view.flip:  # flipping the output columns = reversing the rows of Wx
     wx = jnp.where(jax.random.bernoulli(k_flip, 0.5), wx[::-1], wx)
   x = _to_float(image)
@@ -142,67 +104,7 @@ def crop_and_flip(key, image, view):
   return jnp.einsum("owc,pw->opc", x, wx, precision=_HI)
 
 
-# ---------------------------------------------------------------------- colour
-
-def rgb_to_hsv(x):
-  """RGB in [0, 1] (..., 3) -> HSV with H, S, V in [0, 1] (H in turns)."""
-  r, g, b = x[..., 0], x[..., 1], x[..., 2]
-  v = jnp.max(x, axis=-1)
-  delta = v - jnp.min(x, axis=-1)
-  s = jnp.where(v > 0, delta / jnp.where(v > 0, v, 1.0), 0.0)
-  d = jnp.where(delta > 0, delta, 1.0)  # safe divisor; hue is 0 for grays
-  # Branch on argmax rather than `v == r`: XLA may recompute a fused input (e.g.
-  # uint8 / 255) in two ways that differ by an ulp, and the equality then fails.
-  top = jnp.argmax(x, axis=-1)
-  h = jnp.where(top == 0, jnp.mod((g - b) / d, 6.0),
-                jnp.where(top == 1, (b - r) / d + 2.0, (r - g) / d + 4.0))
-  h = jnp.where(delta > 0, h / 6.0, 0.0)
-  return jnp.stack([h, s, v], axis=-1)
-
-
-def hsv_to_rgb(x):
-  """HSV in [0, 1] (..., 3) -> RGB in [0, 1]."""
-  h, s, v = x[..., 0], x[..., 1], x[..., 2]
-  def channel(n):  # closed form: n = 5, 3, 1 gives R, G, B
-    k = jnp.mod(n + h * 6.0, 6.0)
-    return v - v * s * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0)
-  return jnp.stack([channel(5.0), channel(3.0), channel(1.0)], axis=-1)
-
-
-def _color_jitter(key, x, view):
-  """Brightness, contrast, saturation, hue in a random order, clipping after each."""
-  k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
-  b, c, s = view.brightness, view.contrast, view.saturation
-  clip = lambda y: jnp.clip(y, 0.0, 1.0)
-  if view.brightness_impl == "additive":  # tf.image.random_brightness (v1 / BYOL)
-    fb = _uniform(k_b, -b, b)
-    bright = lambda y: clip(y + fb)
-  else:  # SimCLR v2 / torchvision
-    fb = _uniform(k_b, max(0.0, 1 - b), 1 + b)
-    bright = lambda y: clip(y * fb)
-  fc = _uniform(k_c, max(0.0, 1 - c), 1 + c)
-  def contrast(y):  # tf.image.adjust_contrast: per-channel mean over the image
-    mean = jnp.mean(y, axis=(0, 1), keepdims=True)
-    return clip((y - mean) * fc + mean)
-  fs = _uniform(k_s, max(0.0, 1 - s), 1 + s)
-  def saturation(y):  # tf.image.adjust_saturation scales S in HSV
-    hsv = rgb_to_hsv(y)
-    return clip(hsv_to_rgb(hsv.at[..., 1].set(jnp.clip(hsv[..., 1] * fs, 0.0, 1.0))))
-  dh = _uniform(k_h, -view.hue, view.hue)
-  def hue(y):
-    hsv = rgb_to_hsv(y)
-    return clip(hsv_to_rgb(hsv.at[..., 0].set(jnp.mod(hsv[..., 0] + dh, 1.0))))
-  identity = lambda y: y
-  # A strength of 0 is skipped statically: exact identity, and no HSV round trip.
-  ops = [op if strength > 0 else identity
-         for op, strength in zip((bright, contrast, saturation, hue), (b, c, s, view.hue))]
-  if all(op is identity for op in ops):
-    return x
-  order = jax.random.permutation(k_order, 4)
-  for stage in range(4):  # under vmap, switch becomes a select among the 4 ops
-    x = jax.lax.switch(order[stage], ops, x)
-  return x
-
+# ------------------------------------------------------------------------ blur
 
 def blur_radius(size):
   """SimCLR rule: kernel side = 10% of the image, radius = side // 2 (224 -> 11, 23 taps)."""
@@ -223,21 +125,24 @@ def gaussian_kernel_matrix(size, sigma, radius):
   return jnp.where(jnp.abs(offsets) <= radius, weights, 0.0)
 
 
-def photometric(key, x, view):
-  """Colour jitter, grayscale, blur, solarize on one float image in [0, 1]."""
+def photometric(key, x, view, sigma=None):
+  """Colour jitter, grayscale, blur, solarize on one float image in [0, 1].
+
+  `sigma`: the blur sigma shared by a batch (View.blur_per_batch); None draws one here.
+  """
   x = jnp.asarray(x, jnp.float32)
   keys = jax.random.split(key, 6)
   if view.color_prob > 0:
-    jittered = _color_jitter(keys[0], x, view)
+    jittered = color.color_jitter(keys[0], x, view)
     x = jnp.where(jax.random.uniform(keys[1]) < view.color_prob, jittered, x)
   if view.gray_prob > 0:
-    gray = jnp.sum(x * jnp.array(_LUMA, jnp.float32), axis=-1, keepdims=True)
-    gray = jnp.repeat(gray, 3, axis=-1)
+    gray = jnp.repeat(color.grayscale(x, view.color_impl), 3, axis=-1)
     x = jnp.where(jax.random.uniform(keys[2]) < view.gray_prob, gray, x)
   height, width = x.shape[0], x.shape[1]
   radius = blur_radius(height)
   if view.blur_prob > 0 and radius > 0:  # radius 0 (tiny images): blur is the identity
-    sigma = _uniform(keys[3], *view.blur_sigma)
+    if sigma is None:
+      sigma = _uniform(keys[3], *view.blur_sigma)
     ky = gaussian_kernel_matrix(height, sigma, radius)
     kx = gaussian_kernel_matrix(width, sigma, radius)
     blurred = jnp.einsum("ih,hwc,jw->ijc", ky, x, kx, precision=_HI)
@@ -248,10 +153,10 @@ def photometric(key, x, view):
   return jnp.clip(x, 0.0, 1.0)
 
 
-def augment_view(key, image, view):
+def augment_view(key, image, view, sigma=None):
   """crop_and_flip then photometric: (H, W, 3) -> float32 (size, size, 3) in [0, 1]."""
   k_crop, k_photo = jax.random.split(key)
-  return photometric(k_photo, crop_and_flip(k_crop, image, view), view)
+  return photometric(k_photo, crop_and_flip(k_crop, image, view), view, sigma)
 
 
 def _example_keys(key, ids):
@@ -260,16 +165,30 @@ def _example_keys(key, ids):
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.asarray(ids, jnp.int32))
 
 
+def _batch_keys(key, ids, view):
+  """(per-example keys, the batch's blur sigma or None).
+
+  SimCLR draws sigma once per per-replica batch and view (tf2/data_util.py:393-440,
+  model.py:255-257). Here it comes from the batch key, which every device shares: one
+  sigma per global batch and view, so N devices give the same views as one.
+  """
+  if not view.blur_per_batch:
+    return _example_keys(key, ids), None
+  key, k_sigma = jax.random.split(key)
+  return _example_keys(key, ids), _uniform(k_sigma, *view.blur_sigma)
+
+
 def augment_batch(key, images, ids, view, dtype=jnp.float32):
   """(B, H, W, 3) uint8 -> (B, size, size, 3) `dtype`; example i uses fold_in(key, ids[i])."""
-  out = jax.vmap(lambda k, im: augment_view(k, im, view))(_example_keys(key, ids), images)
+  keys, sigma = _batch_keys(key, ids, view)
+  out = jax.vmap(lambda k, im: augment_view(k, im, view, sigma))(keys, images)
   return out.astype(dtype)
 
 
 def photometric_batch(key, images, ids, view, dtype=jnp.float32):
   """Photometric part only, for crops made on the host: (B, S, S, 3) -> same, `dtype`."""
-  out = jax.vmap(lambda k, im: photometric(k, _to_float(im), view))(
-      _example_keys(key, ids), images)
+  keys, sigma = _batch_keys(key, ids, view)
+  out = jax.vmap(lambda k, im: photometric(k, _to_float(im), view, sigma))(keys, images)
   return out.astype(dtype)
 
 

@@ -1,8 +1,8 @@
 """The tf.data input pipeline, for image folders and TFDS data sets too large for memory.
 
 Per process: read this process's shard (tf_sources.py), shuffle with a seed per epoch,
-decode, cut each of the method's views with a random resized crop (torchvision's
-semantics, integer boxes) and a flip, batch global_batch / process_count examples, and
+decode, cut each of the method's views with a random resized crop (crops.py's samplers,
+integer boxes) and a flip, batch global_batch / process_count examples, and
 hand them to the device double-buffered (loader.prefetch_to_device). The batch dict holds
 "view0", "view1", ... (uint8, one array per view and so per crop size), "label" and
 "index"; photometric ops run on the device (augment.make_views).
@@ -22,7 +22,7 @@ import itertools
 import jax
 import numpy as np
 
-from ssl_jax.data import loader as loader_lib, sources, tf_sources
+from ssl_jax.data import crops, loader as loader_lib, sources, tf_sources
 from ssl_jax.data.tf_sources import tf
 from ssl_jax.errors import ConfigError
 
@@ -73,52 +73,45 @@ def eval_splits(config):
 # ---------------------------------------------------------------- geometric ops
 
 
-# tf.image.resize without antialiasing, as the TF originals (SimCLR, BYOL, big_vision)
-# resize their crops; torchvision's PIL path antialiases, at ~2x the host time (see
-# experiments/bench_input.py). Crops shrink by at most ~2x at ImageNet sizes.
-ANTIALIAS = False
-
-
-def crop_boxes(seed, height, width, views, attempts=10):
-  """torchvision RandomResizedCrop.get_params for every view at once, stateless.
-
-  Per view, up to `attempts` (area fraction U(crop_scale), log-uniform aspect w/h in
-  crop_ratio) draws; the first that fits wins, else a central crop with the aspect
-  clamped to crop_ratio. Returns int32 (V, 4) boxes (top, left, h, w) and bool (V,) flips.
-  One vectorised draw for all views keeps the per-image op count low.
+def crop_boxes(seed, height, width, views):
+  """Every view's crop box at once, stateless: int32 (V, 4) boxes (top, left, h, w) and
+  bool (V,) flips. The rule is each view's crop_sampler in crops.py (the same code the
+  on-device path runs), here on integer pixels; one draw per sampler keeps the per-image
+  op count low.
   """
-  t = tf()
-  const = lambda values: t.constant(values, t.float32)[:, None]  # pylint: disable=unnecessary-lambda-assignment
-  lo, hi = const([v.crop_scale[0] for v in views]), const([v.crop_scale[1] for v in views])
-  r_lo, r_hi = const([v.crop_ratio[0] for v in views]), const([v.crop_ratio[1] for v in views])
-  u = t.random.stateless_uniform([3, len(views), attempts], seed)
+  t, xp = tf(), crops.tf_ops()
   h, w = t.cast(height, t.float32), t.cast(width, t.float32)
-  area = h * w * (lo + u[0] * (hi - lo))
-  aspect = t.exp(t.math.log(r_lo) + u[1] * (t.math.log(r_hi) - t.math.log(r_lo)))
-  cw, ch = t.round(t.sqrt(area * aspect)), t.round(t.sqrt(area / aspect))
-  fits = (cw > 0) & (ch > 0) & (cw <= w) & (ch <= h)
-  first = t.argmax(t.cast(fits, t.int32), axis=1)[:, None]
-  found = t.reduce_any(fits, axis=1)
-  in_ratio = w / h
-  fw = t.where(in_ratio > r_hi[:, 0], t.round(h * r_hi[:, 0]), w)
-  fh = t.where(in_ratio < r_lo[:, 0], t.round(w / r_lo[:, 0]), h)
-  ch = t.where(found, t.gather(ch, first, batch_dims=1)[:, 0], fh)
-  cw = t.where(found, t.gather(cw, first, batch_dims=1)[:, 0], fw)
-  top = t.where(found, t.floor(u[2, :, 0] * (h - ch + 1)), t.round((h - ch) / 2))
-  left = t.where(found, t.floor(u[2, :, 1] * (w - cw + 1)), t.round((w - cw) / 2))
-  flips = (u[2, :, 2] < 0.5) & t.constant([v.flip for v in views])
-  return t.cast(t.stack([top, left, ch, cw], axis=1), t.int32), flips
+  samplers = sorted({v.crop_sampler for v in views})
+  order, parts = [], []
+  for n, sampler in enumerate(samplers):
+    index = [i for i, v in enumerate(views) if v.crop_sampler == sampler]
+    u = t.random.stateless_uniform(
+        [crops.UNIFORMS_PER_ATTEMPT, len(index), crops.ATTEMPTS[sampler]],
+        t.random.experimental.stateless_fold_in(seed, n))
+    scale, ratio = crops.ranges([views[i] for i in index])
+    parts.append(t.stack(crops.crop_box(xp, u, h, w, sampler, scale, ratio, integer=True), 1))
+    order += index
+  position = {view: row for row, view in enumerate(order)}
+  boxes = t.gather(t.concat(parts, 0), [position[i] for i in range(len(views))])
+  flip_u = t.random.stateless_uniform([len(views)], t.random.experimental.stateless_fold_in(
+      seed, len(samplers)))
+  flips = (flip_u < 0.5) & t.constant([v.flip for v in views])
+  return t.cast(boxes, t.int32), flips
 
 
 def crop_views(image, seed, views):
-  """Random resized crops (bilinear) + flips of one image: a uint8 (S, S, 3) per view."""
+  """Random resized crops + flips of one image: a uint8 (S, S, 3) per view. Resized with
+  tf.image.resize by each view's resize_method and antialias (as SimCLR and BYOL resize:
+  bicubic, no antialiasing; PIL antialiases, at ~2x the host time, experiments/
+  bench_input.py)."""
   t = tf()
   shape = t.shape(image)
   boxes, flips = crop_boxes(seed, shape[0], shape[1], views)
   out = []
   for i, view in enumerate(views):
     crop = t.slice(image, [boxes[i, 0], boxes[i, 1], 0], [boxes[i, 2], boxes[i, 3], 3])
-    crop = t.image.resize(crop, [view.size, view.size], "bilinear", antialias=ANTIALIAS)
+    crop = t.image.resize(crop, [view.size, view.size], view.resize_method,
+                          antialias=view.antialias)
     crop = t.cast(t.clip_by_value(t.round(crop), 0, 255), t.uint8)
     if view.flip:  # after the resize, which commutes with it (half-pixel centres): cheaper
       crop = t.cond(flips[i], lambda c=crop: t.reverse(c, [1]), lambda c=crop: c)

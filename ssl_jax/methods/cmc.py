@@ -64,7 +64,7 @@ def views(config):
   a = config.augment
   return [View(size=config.image_size, crop_scale=tuple(a.crop_scale),
                crop_ratio=tuple(a.crop_ratio), flip=a.flip, color_prob=0.0, gray_prob=0.0,
-               blur_prob=0.0, solarize_prob=0.0)]
+               blur_prob=0.0, solarize_prob=0.0, **common.view_semantics(config))]
 
 
 def validate(config, device_count=None):

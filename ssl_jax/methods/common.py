@@ -6,6 +6,15 @@ from ssl_jax import losses, parallel
 from ssl_jax.data.augment import View
 
 
+SEMANTICS = ("color_impl", "crop_sampler", "resize_method", "antialias", "blur_per_batch")
+
+
+def view_semantics(config) -> dict:
+  """`config.augment`'s choice of colour ops, crop sampler, resize kernel and blur sigma
+  draw, as View keyword arguments (every method's views take them)."""
+  return {name: config.augment[name] for name in SEMANTICS}
+
+
 def jitter_view(config, jitter, **overrides) -> View:
   """A view from `config.augment` with per-component colour jitter strengths.
 
@@ -17,7 +26,8 @@ def jitter_view(config, jitter, **overrides) -> View:
   kwargs = dict(crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio), flip=a.flip,
                 color_prob=a.color_prob, brightness=brightness, contrast=contrast,
                 saturation=saturation, hue=hue, brightness_impl=a.brightness_impl,
-                gray_prob=a.gray_prob, blur_prob=a.blur_prob, solarize_prob=a.solarize_prob)
+                gray_prob=a.gray_prob, blur_prob=a.blur_prob, solarize_prob=a.solarize_prob,
+                **view_semantics(config))
   kwargs.update(overrides)
   return View(size=config.image_size, **kwargs)
 

@@ -108,7 +108,8 @@ def views(config) -> list[View]:
   return [View(config.image_size, crop_scale=tuple(a.crop_scale), crop_ratio=tuple(a.crop_ratio),
                flip=a.flip, color_prob=a.color_prob, brightness=brightness, contrast=contrast,
                saturation=saturation, hue=hue, brightness_impl=a.brightness_impl,
-               gray_prob=a.gray_prob, blur_prob=blur, solarize_prob=solarize)
+               gray_prob=a.gray_prob, blur_prob=blur, solarize_prob=solarize,
+               **common.view_semantics(config))
           for blur, solarize in zip(a.view_blur_prob, a.view_solarize_prob)]
 
 

@@ -103,7 +103,8 @@ def views(config) -> list[View]:
   a, s = config.augment, config.swav
   common_args = dict(crop_ratio=tuple(a.crop_ratio), flip=a.flip, color_prob=a.color_prob,
                      brightness_impl=a.brightness_impl, gray_prob=a.gray_prob,
-                     blur_prob=a.blur_prob, solarize_prob=a.solarize_prob)
+                     blur_prob=a.blur_prob, solarize_prob=a.solarize_prob,
+                     **common.view_semantics(config))
   large = View.simclr(config.image_size, a.color_strength, crop_scale=tuple(a.crop_scale),
                       **common_args)
   small = View.simclr(s.small_crop_size, a.color_strength,
