@@ -18,6 +18,15 @@ Variants, `--config=configs/simclr_v2.py:<variant>`:
               Deviations chosen for speed of learning at this scale: batch 128,
               temperature 0.2, head hidden width 512, crop scale (0.2, 1), 1 warmup epoch.
   smoke       A seconds-long CPU run for tests.
+
+Evaluation: the quoted 71.7% uses SimCLR's linear protocol, the library default that
+`--protocol=linear` runs (README: Nesterov SGD 0.9, lr 0.1 x B/256, cosine, weight decay
+1e-6, 90 epochs, zero-initialised logits); the eval crop is the central 0.875
+(CROP_PROPORTION, tf2/data_util.py:22). ImageNet variants evaluate on the ILSVRC
+validation split with the central 0.875 crop (Resize(256) + CenterCrop(224);
+config_lib.imagenet_eval), CIFAR ones on the test split at 32 px, whole image, with
+lightly's kNN (backbone features, k 200, T 0.1), which experiments/RESULTS.md's
+measurements use.
 """
 from ssl_jax import config as config_lib
 
@@ -43,6 +52,7 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.method = "simclr"
   c.dataset = "imagenet2012"
+  config_lib.imagenet_eval(c)
   c.image_size = 224
   c.batch_size = 4096
   c.num_epochs = 800
