@@ -74,7 +74,8 @@ def base_config() -> ml_collections.ConfigDict:
       crop_proportion=1.0,
       # Features kNN and linear evaluation read: "backbone" (pooled encoder output) or
       # "embedding" (the method's L2-normalised output, e.g. InstDisc's 128-d); "bank"
-      # (InstDisc, CMC): kNN of the test embeddings against the memory bank's rows.
+      # (InstDisc, CMC): kNN of the test embeddings against the memory bank's rows (linear
+      # and export read the embedding). A method's EVAL_FEATURES lists what it offers.
       features="backbone",
       # The offline linear protocol (evaluate/linear.py); CLI flags override these. Defaults:
       # SimCLR's (Nesterov SGD 0.9, lr 0.1 x B/256, cosine, 90 epochs, zero init). optimizer
