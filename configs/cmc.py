@@ -30,6 +30,15 @@ Deviations: BN over the global batch (the original: per GPU under DataParallel);
 ResNet's last BN of each block starts at zero; bilinear crops are resized before the Lab
 conversion as float RGB (the original resizes uint8 with PIL); the NCE has no eps (see
 ssl_jax/memory_bank.py); kNN on the concatenated backbone features of both encoders.
+
+Evaluation: the quoted 64.1% is CMC's linear protocol on the concatenated backbone
+features; `--protocol=linear` runs SimCLR's (library default; CMC's own, lr 30 on 'layer
+6', is not implemented). config.eval.features='bank' gives a kNN of the test embeddings
+(both views, concatenated) against the two memory banks. ImageNet variants evaluate on the
+ILSVRC validation split with the central 0.875 crop (Resize(256) + CenterCrop(224);
+config_lib.imagenet_eval), CIFAR ones on the test split at 32 px, whole image, with
+lightly's kNN (backbone features, k 200, T 0.1), which experiments/RESULTS.md's
+measurements use.
 """
 import ml_collections
 
@@ -64,6 +73,7 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.method = "cmc"
   c.dataset = "imagenet2012"
+  config_lib.imagenet_eval(c)
   c.image_size = 224
   c.batch_size = 128
   c.num_epochs = 240

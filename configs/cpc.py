@@ -37,6 +37,13 @@ has its own context network and predictors, the target projection is shared.
 quickstart and smoke skip no rows although row 1 ahead overlaps the context's patches
 (METHODS.md §3.5): per-patch flips and colour changes keep that step from being pixel
 matching, and on 5 rows skipping 2 would leave 2 rows of predictions.
+
+Evaluation: the quoted 63.8% is CPC v2's linear protocol; `--protocol=linear` runs
+SimCLR's (library default; CPC v2's linear head is not implemented). kNN and linear read
+the mean patch encoding. ImageNet variants evaluate on the ILSVRC validation split with
+the central 0.875 crop (Resize(256) + CenterCrop(224); config_lib.imagenet_eval), CIFAR
+ones on the test split at 32 px, whole image, with lightly's kNN (backbone features, k
+200, T 0.1), which experiments/RESULTS.md's measurements use.
 """
 import ml_collections
 
@@ -78,6 +85,7 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.method = "cpc"
   c.dataset = "imagenet2012"
+  config_lib.imagenet_eval(c)
   c.image_size = 256
   c.batch_size = 512
   c.num_epochs = 200

@@ -68,6 +68,20 @@ factor); mixed precision is bfloat16 (the original: fp16). The kNN monitor and t
 read the teacher's backbone, as the original; the online probe (ours) learns from the
 student's. With SGD (resnet50) the frozen last layer still gets weight decay in epoch 0,
 which norm_last_layer makes moot.
+
+Evaluation (the quoted figures' protocols, facebookresearch/dino @ 7c446df): k-NN on the
+teacher's L2-normalised backbone features, 20-NN at T = 0.07 (eval_knn.py:194-196; the
+paper reports 20-NN); `--protocol=linear` runs eval_linear.py's: SGD momentum 0.9, lr
+0.001 x B/256 at B = 1024 (8 x 128, :105, :266, :270), weight decay 0 (:107), 100 epochs
+(:265), cosine to 0 (:109), N(0, 0.01) init with zero bias (:243), on the CLS tokens of
+the last 4 blocks for ViT-S (:256, :160-170); vitb16: the last CLS token and the mean
+patch token (README.md:340, --n_last_blocks 1 --avgpool_patchtokens true); ResNet
+backbones read the pooled features (:170). Both transform the eval images with Resize(256)
++ CenterCrop(224) (eval_knn.py:33, eval_linear.py:66). ImageNet variants evaluate on the
+ILSVRC validation split with the central 0.875 crop (Resize(256) + CenterCrop(224);
+config_lib.imagenet_eval), CIFAR ones on the test split at 32 px, whole image, with
+lightly's kNN (backbone features, k 200, T 0.1), which experiments/RESULTS.md's
+measurements use.
 """
 import ml_collections
 
@@ -109,6 +123,7 @@ def resnet50(c):
 def vitb16(c):
   vit_model(c, width=768, patch_size=16, num_heads=12)
   c.head.norm_last_layer = True
+  c.eval.linear.update(vit_blocks=1, vit_avgpool=True)   # README.md:340
   return c
 
 
@@ -152,6 +167,7 @@ def quickstart(c):
 def smoke(c):
   config_lib.use_smoke(c)
   vit_model(c, width=32, patch_size=4, num_heads=2, depth=2)
+  c.eval.linear.vit_blocks = 2   # of its 2 blocks
   c.head.update(hidden_dim=64, bottleneck_dim=32, out_dim=128)
   c.optimizer.warmup_epochs = 1
   c.augment.crop_scale = (0.25, 1.0)
@@ -164,6 +180,10 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.method = "dino"
   c.dataset = "imagenet2012"
+  config_lib.imagenet_eval(c)
+  c.eval.update(knn_k=20, knn_temperature=0.07)
+  c.eval.linear.update(epochs=100, batch_size=1024, base_lr=0.001, weight_decay=0.0,
+                       optimizer="sgd", schedule="cosine", init="normal", vit_blocks=4)
   c.image_size = 224
   c.batch_size = 1024
   c.num_epochs = 300

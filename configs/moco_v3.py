@@ -41,6 +41,15 @@ library's ops (SimCLR-style blur whose kernel is 10% of the crop instead of PIL'
 GaussianBlur, solarize at 0.5 instead of 128/255); ImageNet
 mean/std normalisation happens inside the network; the sin-cos position embedding is a
 constant, not a frozen parameter. Mixed precision is bfloat16 (the original: fp16 AMP).
+
+Evaluation: the quoted linear figures use MoCo v3's protocol, which `--protocol=linear`
+runs (facebookresearch/moco-v3 @ c349e6e main_lincls.py:49-62, 168, 196, 501;
+CONFIG.md:144): SGD momentum 0.9, batch 1024, lr 3 (ViT) / 0.1 (resnet50) x B/256, weight
+decay 0, 90 epochs, cosine, fc N(0, 0.01) with zero bias, on the last block's CLS token
+(ViT) or the pooled features. ImageNet variants evaluate on the ILSVRC validation split
+with the central 0.875 crop (Resize(256) + CenterCrop(224); config_lib.imagenet_eval),
+CIFAR ones on the test split at 32 px, whole image, with lightly's kNN (backbone features,
+k 200, T 0.1), which experiments/RESULTS.md's measurements use.
 """
 import ml_collections
 
@@ -70,6 +79,7 @@ def resnet_recipe(c):
                      momentum=0.9, trust_coefficient=1e-3, decay_all=False, warmup_epochs=10,
                      schedule="cosine")
   c.augment.crop_scale = (0.2, 1.0)
+  c.eval.linear.base_lr = 0.1   # main_lincls.py:58, the R50 linear lr
   return c
 
 
@@ -120,6 +130,9 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.method = "moco_v3"
   c.dataset = "imagenet2012"
+  config_lib.imagenet_eval(c)
+  c.eval.linear.update(epochs=90, batch_size=1024, base_lr=3.0, weight_decay=0.0,
+                       optimizer="sgd", schedule="cosine", init="normal")
   c.image_size = 224
   c.batch_size = 4096
   c.num_epochs = 300

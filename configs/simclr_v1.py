@@ -22,6 +22,16 @@ tf.image.sample_distorted_bounding_box (area (0.08, 1), aspect uniform in (3/4, 
 min_object_covered 0.1, 100 attempts) resized bicubically without antialiasing
 (tf2/data_util.py:246-320); tf.image colour ops (33-173); one blur sigma per batch and
 view, per global batch here (393-440; SimCLR: per replica), the p = 0.5 choice per image.
+
+Evaluation: the quoted linear figures use SimCLR's protocol, the library default that
+`--protocol=linear` runs (README: Nesterov SGD 0.9, lr 0.1 x B/256, cosine, weight decay
+1e-6, 90 epochs, batch 4096 = the data-scaled batch on ImageNet, zero-initialised logits);
+the eval crop is the central 0.875 (CROP_PROPORTION, tf2/data_util.py:22, 176-243; SimCLR
+crops then resizes bicubically, we resize bilinearly then crop, the same region). ImageNet
+variants evaluate on the ILSVRC validation split with the central 0.875 crop (Resize(256)
++ CenterCrop(224); config_lib.imagenet_eval), CIFAR ones on the test split at 32 px, whole
+image, with lightly's kNN (backbone features, k 200, T 0.1), which
+experiments/RESULTS.md's measurements use.
 """
 from ssl_jax import config as config_lib
 
@@ -47,6 +57,7 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.method = "simclr"
   c.dataset = "imagenet2012"
+  config_lib.imagenet_eval(c)
   c.image_size = 224
   c.batch_size = 4096
   c.num_epochs = 100

@@ -26,6 +26,15 @@ RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
 Deviations: ImageNet mean/std normalisation in every variant; blur is the TF-style kernel
 (10% of the side) rather than PIL's radius; the projector's last Linear has no bias (the
 original's is frozen, and the non-affine BN after it removes any bias anyway).
+
+Evaluation: the quoted 68.1% is SimSiam's linear protocol, which `--protocol=linear` runs
+(facebookresearch/simsiam @ a7bc177 main_lincls.py:44-57, 160, 188, 232, 493; README's
+--lars): apex LARC (trust 1e-3, no clipping) around SGD momentum 0.9, batch 4096, lr 0.1 x
+B/256, weight decay 0, 90 epochs, cosine, fc N(0, 0.01) with zero bias. ImageNet variants
+evaluate on the ILSVRC validation split with the central 0.875 crop (Resize(256) +
+CenterCrop(224); config_lib.imagenet_eval), CIFAR ones on the test split at 32 px, whole
+image, with lightly's kNN (backbone features, k 200, T 0.1), which
+experiments/RESULTS.md's measurements use.
 """
 import ml_collections
 
@@ -51,6 +60,9 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.method = "simsiam"
   c.dataset = "imagenet2012"
+  config_lib.imagenet_eval(c)
+  c.eval.linear.update(epochs=90, batch_size=4096, base_lr=0.1, weight_decay=0.0,
+                       optimizer="lars", schedule="cosine", init="normal")
   c.image_size = 224
   c.batch_size = 512
   c.num_epochs = 100

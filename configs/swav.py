@@ -46,6 +46,15 @@ the original's per-GPU queues, so the same codes); queue_length must be a multip
 global batch (the original silently rounds it down). As the original, and unlike the
 library's other methods, every BN scale starts at 1 and the head's Linear layers use
 PyTorch's default init (non-zero biases), which matters under LARC (see methods/swav.py).
+
+Evaluation: the quoted linear figures use SwAV's protocol, which `--protocol=linear` runs
+(facebookresearch/swav @ 06b1b7c eval_linear.py:62-69, 250): SGD momentum 0.9 (no
+Nesterov), lr 0.3 at batch 256 (8 x 32), weight decay 1e-6 on every parameter, 100 epochs,
+cosine to 0, N(0, 0.01) init with zero bias, no BN. ImageNet variants evaluate on the
+ILSVRC validation split with the central 0.875 crop (Resize(256) + CenterCrop(224);
+config_lib.imagenet_eval), CIFAR ones on the test split at 32 px, whole image, with
+lightly's kNN (backbone features, k 200, T 0.1), which experiments/RESULTS.md's
+measurements use.
 """
 import ml_collections
 
@@ -87,6 +96,9 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.method = "swav"
   c.dataset = "imagenet2012"
+  config_lib.imagenet_eval(c)
+  c.eval.linear.update(epochs=100, batch_size=256, base_lr=0.3, weight_decay=1e-6,
+                       optimizer="sgd", schedule="cosine", init="normal")
   c.image_size = 224
   c.batch_size = 4096
   c.num_epochs = 800

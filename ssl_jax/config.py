@@ -79,8 +79,21 @@ def base_config() -> ml_collections.ConfigDict:
       # image_size (0.875 = Resize(256) + CenterCrop(224); 1.0 = the whole image).
       crop_proportion=1.0,
       # Features kNN and linear evaluation read: "backbone" (pooled encoder output) or
-      # "embedding" (the method's L2-normalised output, e.g. InstDisc's 128-d).
-      features="backbone"))
+      # "embedding" (the method's L2-normalised output, e.g. InstDisc's 128-d); "bank"
+      # (InstDisc, CMC): kNN of the test embeddings against the memory bank's rows (linear
+      # and export read the embedding). A method's EVAL_FEATURES lists what it offers.
+      features="backbone",
+      # The offline linear protocol (evaluate/linear.py); CLI flags override these. Defaults:
+      # SimCLR's (Nesterov SGD 0.9, lr 0.1 x B/256, cosine, 90 epochs, zero init). optimizer
+      # "nesterov" (weight decay on kernels) | "sgd" (on every parameter) | "lars" (apex
+      # LARC, trust 1e-3); schedule "cosine" | "steps" (x0.1 at each of lr_steps_epochs);
+      # init "zeros" | "normal" (N(0, 0.01), zero bias); batch_size 0 = scaled to the data.
+      # vit_blocks / vit_avgpool (ViT backbones): the CLS tokens of the last vit_blocks
+      # blocks, and the mean patch token of the last (DINO eval_linear.py).
+      linear=ml_collections.ConfigDict(dict(
+          epochs=90, batch_size=0, base_lr=0.1, weight_decay=1e-6, optimizer="nesterov",
+          schedule="cosine", lr_steps_epochs=(), init="zeros", vit_blocks=1,
+          vit_avgpool=False))))
   c.log_every_steps = 50
   # Checkpoints in workdir/checkpoints: every `every_steps` (0 = only at the end) and at the
   # end; the last `keep` are kept, plus the best by `best_metric` (e.g. "knn_top1", from
@@ -301,6 +314,7 @@ def validate(config, device_count: int | None = None):
   _check(0 <= config.head.finetune_layer < max(config.head.num_layers, 1),
          f"config.head.finetune_layer={config.head.finetune_layer} must be below "
          f"config.head.num_layers={config.head.num_layers}")
+  _validate_eval(config, method)
   if hasattr(method, "validate"):   # the method's own fields (queue length, groups...)
     method.validate(config, device_count)
 
@@ -321,6 +335,33 @@ def _validate_input_pipeline(config):
   _check(choice != "tfdata" or not pipeline.memory_only(config.dataset),
          f"config.input_pipeline='tfdata' cannot read config.dataset={config.dataset!r}; use "
          "'memory' or 'auto' for 'quickstart' and 'packed:' data")
+
+
+LINEAR_OPTIMIZERS = ("nesterov", "sgd", "lars")
+
+
+def _validate_eval(config, method):
+  e, lin = config.eval, config.eval.linear
+  _check(e.knn_k > 0, f"config.eval.knn_k={e.knn_k} must be positive")
+  _check(0 < e.crop_proportion <= 1, f"config.eval.crop_proportion={e.crop_proportion} must "
+         "be in (0, 1]; use 0.875 for Resize(256) + CenterCrop(224), 1.0 for the whole image")
+  allowed = getattr(method, "EVAL_FEATURES", ("backbone",))
+  _check(e.features in allowed, f"config.eval.features={e.features!r} is not offered by "
+         f"config.method={config.method!r}; use one of {allowed}")
+  _check(lin.optimizer in LINEAR_OPTIMIZERS, f"config.eval.linear.optimizer={lin.optimizer!r} "
+         f"is unknown; use one of {LINEAR_OPTIMIZERS}")
+  _check(lin.schedule in ("cosine", "steps"), f"config.eval.linear.schedule={lin.schedule!r} "
+         "is unknown; use 'cosine' or 'steps'")
+  _check(lin.init in ("zeros", "normal"), f"config.eval.linear.init={lin.init!r} is unknown; "
+         "use 'zeros' or 'normal'")
+  _check(lin.epochs > 0 and lin.batch_size >= 0, f"config.eval.linear.epochs={lin.epochs} and "
+         f".batch_size={lin.batch_size} need epochs > 0 and batch_size >= 0 (0 = scaled)")
+  if config.model.name == "vit":   # other backbones ignore them, as DINO's eval_linear.py
+    vit_ok = 1 <= lin.vit_blocks <= config.model.depth and (lin.vit_blocks == 1 or
+                                                           not lin.vit_avgpool)
+    _check(vit_ok, f"config.eval.linear.vit_blocks={lin.vit_blocks} / .vit_avgpool="
+           f"{lin.vit_avgpool} need 1 <= vit_blocks <= config.model.depth="
+           f"{config.model.depth}, and one block with avgpool (DINO's ViT-B: 1 / True)")
 
 
 def _validate_vit(config):
@@ -349,6 +390,26 @@ def use_cifar10(c):
   c.num_epochs = 200
   c.model.update(depth=18, width=1.0, cifar_stem=True, sk_ratio=0.0)
   c.eval.knn_every_epochs = 10
+  cifar_eval(c)
+  return c
+
+
+def imagenet_eval(c):
+  """ImageNet evaluation as every original: the ILSVRC validation set (TFDS imagenet2012's
+  "test" split has no labels) and the central 0.875 of the shorter side (Resize(256) +
+  CenterCrop(224), SimCLR's CROP_PROPORTION)."""
+  c.eval_split = "validation"
+  c.eval.crop_proportion = 0.875
+  return c
+
+
+def cifar_eval(c):
+  """CIFAR-10 at 32 px: the labelled test split, the whole image (SimCLR's centre crop is
+  off at <= 32 px, tf2/data_util.py:478-494), and lightly's CIFAR-10 kNN (backbone
+  features, k 200, T 0.1; METHODS.md 16.1), which experiments/RESULTS.md measures; a
+  method's CIFAR recipe sets its original's kNN after this where it has one."""
+  c.eval_split = "test"
+  c.eval.update(crop_proportion=1.0, features="backbone", knn_k=200, knn_temperature=0.1)
   return c
 
 
@@ -361,6 +422,7 @@ def use_quickstart(c):
   c.optimizer.warmup_epochs = 1   # 10 of 10 epochs would never leave the warmup
   c.model.update(depth=18, width=0.125, cifar_stem=True, sk_ratio=0.0)
   c.log_every_steps = 10
+  cifar_eval(c)
   # kNN monitor every 3 epochs (3-4 points before the final one in 10-14 epochs), so the
   # accuracy curve shows learning; each costs ~0.25 epoch (6,000 forward passes), ~7 %.
   c.eval.knn_every_epochs = 3

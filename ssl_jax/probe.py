@@ -29,7 +29,7 @@ def optimizer(config) -> optax.GradientTransformation:
 def init(method, config, variables, num_classes: int) -> dict:
   """Zero-initialised {kernel, bias} for the method's features, and its optimizer state."""
   images = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
-  dim = jax.eval_shape(lambda v: method.encode(v, images, config),
+  dim = jax.eval_shape(lambda v: method.encode(v, images, config, features="backbone"),
                        {"params": variables["params"],
                         "batch_stats": variables["batch_stats"]}).shape[-1]
   params = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
@@ -69,8 +69,10 @@ def evaluate(method, config, probe: dict, variables, test, mesh) -> dict:
   learnt from (the student's, for DINO); {} when there is no probe."""
   if not probe:
     return {}
-  encode = functools.partial(method.encode, config=config)
+  # The backbone features it learns from, whatever config.eval.features says.
+  encode = functools.partial(method.encode, config=config, features="backbone")
   features = knn.extract_features(encode, variables, test.images, mesh,
-                                  config.eval.batch_size, config.image_size, normalize=False)
+                                  config.eval.batch_size, config.image_size, normalize=False,
+                                  crop_proportion=config.eval.crop_proportion)
   result = linear.accuracy(jax.device_get(probe["params"]), features, test.labels)
   return {"online_top1": result["top1"], "online_top5": result["top5"]}

@@ -1,15 +1,20 @@
 """Offline evaluation of a pretrained workdir, the linear probe, t-SNE and the plots."""
+import glob
+import importlib
 import json
 import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssl_jax import checkpoint, config as config_lib, parallel
+from ssl_jax import checkpoint, config as config_lib, methods, parallel
+from ssl_jax.data import sources
 from ssl_jax.errors import ConfigError
-from ssl_jax.evaluate import linear, plots, protocols
+from ssl_jax.evaluate import linear, plots, protocols, workdir as workdir_lib
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 PNG = b"\x89PNG"
@@ -176,3 +181,74 @@ def test_curves_put_accuracies_on_their_own_axis_with_baselines(tmp_path):
 def test_smoothing_is_a_debiased_moving_average():
   np.testing.assert_allclose(plots.smoothed(np.array([2.0, 2.0, 2.0])), [2.0, 2.0, 2.0])
   np.testing.assert_allclose(plots.smoothed(np.array([0.0, 1.0]), 0.5), [0.0, 0.5 / 0.75])
+
+
+def get_config(name, variant=None):
+  return importlib.import_module(f"configs.{name}").get_config(variant)
+
+
+def test_imagenet_defaults_evaluate_a_labelled_split_with_the_originals_crop():
+  for path in glob.glob(os.path.join(ROOT, "configs", "*.py")):
+    name = os.path.basename(path)[:-3]
+    c = get_config(name)
+    if c.dataset == "imagenet2012":   # TFDS imagenet2012's "test" has no labels
+      assert (c.eval_split, c.eval.crop_proportion) == ("validation", 0.875), name
+    q = get_config(name, "quickstart")
+    assert (q.eval_split, q.eval.crop_proportion, q.eval.features) == ("test", 1.0, "backbone")
+
+
+def test_each_methods_linear_protocol_comes_from_its_config():
+  simclr = linear.resolve(None, config_lib.base_config())
+  assert (simclr.epochs, simclr.base_lr, simclr.weight_decay, simclr.optimizer, simclr.init,
+          simclr.schedule) == (90, 0.1, 1e-6, "nesterov", "zeros", "cosine")
+  dino = linear.resolve(linear.Settings(epochs=3), get_config("dino"))   # a flag overrides
+  assert (dino.epochs, dino.batch_size, dino.base_lr, dino.weight_decay, dino.optimizer,
+          dino.init, dino.vit_blocks) == (3, 1024, 0.001, 0.0, "sgd", "normal", 4)
+  assert get_config("dino").eval.knn_k == 20 and get_config("dino").eval.knn_temperature == 0.07
+  vitb = get_config("dino", "vitb16").eval.linear
+  assert (vitb.vit_blocks, vitb.vit_avgpool) == (1, True)
+  moco = linear.resolve(None, get_config("moco_v1"))
+  assert (moco.base_lr, moco.batch_size, moco.weight_decay, moco.epochs) == (30.0, 256, 0.0, 100)
+  lr = linear._schedule(moco, 30.0, 1000)  # pylint: disable=protected-access
+  np.testing.assert_allclose([lr(0), lr(599), lr(600), lr(799), lr(800)],
+                             [30, 30, 3, 3, 0.3], rtol=1e-6)   # x0.1 at epochs 60 and 80
+  kernel = linear.initial_classifier(moco, 512, 100)["kernel"]
+  assert abs(float(kernel.std()) - 0.01) < 5e-4
+  simsiam = linear.resolve(None, get_config("simsiam"))
+  assert (simsiam.optimizer, simsiam.batch_size, simsiam.weight_decay) == ("lars", 4096, 0.0)
+  # LARC at step 0: the kernel moves by lr x trust x |w| / |g| x g; the zero bias by lr x g.
+  tx = linear._optimizer(simsiam, 256, 10)  # pylint: disable=protected-access
+  params = {"kernel": jnp.full((2, 2), 3.0), "bias": jnp.zeros(2)}
+  grads = {"kernel": jnp.full((2, 2), 0.5), "bias": jnp.array([1.0, -1.0])}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -0.1 * 1e-3 * (6.0 / 1.0) * 0.5, rtol=1e-5)
+  np.testing.assert_allclose(updates["bias"], [-0.1, 0.1], rtol=1e-5)
+  swav = linear.resolve(None, get_config("swav"))
+  assert (swav.base_lr, swav.batch_size, swav.weight_decay, swav.epochs) == (0.3, 256, 1e-6, 100)
+
+
+def test_the_dino_linear_protocol_reads_the_last_blocks_class_tokens(fast_compiles):
+  del fast_compiles
+  config = get_config("dino", "smoke")   # a 2-block ViT of width 32; vit_blocks = 2
+  dino = methods.get("dino")
+  variables = jax.jit(lambda key: dino.init(key, config, None))(jax.random.key(0))
+  variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+  encode = lambda c: jax.jit(lambda v, x: dino.encode(v, x, c))(variables, x)  # noqa: E731
+  rng = np.random.default_rng(0)
+  data = sources.ArrayDataset(rng.integers(0, 256, (8, 16, 16, 3), dtype=np.uint8),
+                              np.arange(8) % 2, ("a", "b"))
+  run = workdir_lib.Run(config, dino, variables, 3, data, data, parallel.make_mesh())
+  result = protocols.evaluate_linear(run, linear.Settings(epochs=1, batch_size=8))
+  assert result["feature_dim"] == 64 and result["init"] == "normal"
+  assert result["optimizer"] == "sgd 0.9, cosine" and result["lr"] == pytest.approx(0.001 / 32)
+  x = jnp.asarray(rng.uniform(size=(2, 16, 16, 3)), jnp.float32)
+  last = encode(config)
+  both = encode(linear.linear_config(config, linear.resolve(None, config)))
+  np.testing.assert_allclose(both[:, 32:], last, rtol=1e-5)    # then the last block's
+  one_block = config.copy_and_resolve_references()
+  one_block.model.depth = 1   # block 0's class token after the final LayerNorm comes first
+  np.testing.assert_allclose(both[:, :32], encode(one_block), rtol=1e-5)
+  pooled = linear.linear_config(config, linear.resolve(
+      linear.Settings(vit_blocks=1, vit_avgpool=True), config))
+  interleaved = encode(pooled)   # DINO's ViT-B: CLS, mean patch, CLS, ...
+  np.testing.assert_allclose(interleaved[:, 0::2], last, rtol=1e-5)

@@ -6,6 +6,7 @@ import importlib
 import json
 import types
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -170,3 +171,17 @@ def test_finetuning_learns_separable_images_and_trains_the_backbone(fast_compile
   assert np.abs(classifier["kernel"]).sum() > 0
   assert not any(leaves_changed(start["params"]["trunk"], frozen["params"]))
   assert not any(leaves_changed(start["batch_stats"]["trunk"], frozen["batch_stats"]))
+
+
+class MeanColour(nn.Module):
+  """Logits = the mean colour of each crop: shows which pixels the prediction saw."""
+
+  def __call__(self, x, train=False):
+    return x.mean(axis=(1, 2))
+
+
+def test_prediction_reads_the_central_crop_of_the_eval_view():
+  images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  mesh = parallel.make_mesh()
+  logits = finetune.predict(MeanColour(), {}, images, mesh, 8, 16, crop_proportion=0.5)
+  np.testing.assert_allclose(logits, images[:, 8:24, 8:24].mean(axis=(1, 2)) / 255, rtol=1e-5)

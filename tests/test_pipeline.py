@@ -353,3 +353,33 @@ def test_host_crops_equal_device_resize_of_the_same_box(method, antialias):
     wx = crops.interp_matrix(left, w, 36, 16, method, antialias)
     device = np.clip(np.einsum("oh,hwc,pw->opc", wy, image.astype(np.float32), wx), 0, 255)
     assert np.abs(device - crop.numpy()).max() <= 0.5 + 1e-3   # uint8 rounding only
+
+
+def resize256_center224(image: np.ndarray) -> np.ndarray:
+  """torchvision's Resize(256) + CenterCrop(224) with PIL, the originals' eval transform."""
+  h, w = image.shape[:2]
+  new_h, new_w = (256, int(256 * w / h)) if h <= w else (int(256 * h / w), 256)
+  out = Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR)
+  top, left = int(round((new_h - 224) / 2)), int(round((new_w - 224) / 2))
+  return np.asarray(out.crop((left, top, left + 224, top + 224)), np.float32)
+
+
+def test_eval_view_is_resize_256_center_crop_224_on_both_paths():
+  image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+  expected = resize256_center224(image)
+  streamed = pipeline.center_view(image, 224, 0.875).numpy().astype(np.float32)
+  in_memory = np.asarray(knn.preprocess(image[None], 224, 0.875))[0] * 255
+  assert np.abs(streamed - expected).max() <= 1.0
+  assert np.abs(in_memory - expected).max() <= 1.0 + 1e-3   # float vs PIL's uint8 rounding
+
+
+def test_an_unlabelled_eval_split_is_one_line_error_on_both_paths(tmp_path):
+  write_folder(tmp_path, 2, sizes=((8, 8),))
+  os.makedirs(tmp_path / "test")
+  Image.new("RGB", (8, 8)).save(tmp_path / "test" / "loose.png")   # no class folder: -1
+  c = config_lib.base_config()
+  c.update(dataset=f"image_folder:{tmp_path}", image_size=8)
+  for load in (sources.load_splits, pipeline.eval_splits):
+    with pytest.raises(ConfigError, match="eval_split='test'.*has no labels") as e:
+      load(c)
+    assert "\n" not in str(e.value)

@@ -18,11 +18,12 @@ only once a tf.data loader is built.
 """
 import importlib.util
 import itertools
+import types
 
 import jax
 import numpy as np
 
-from ssl_jax.data import crops, loader as loader_lib, sources, tf_sources
+from ssl_jax.data import crops, eval_crop, loader as loader_lib, sources, tf_sources
 from ssl_jax.data.tf_sources import tf
 from ssl_jax.errors import ConfigError
 
@@ -65,9 +66,23 @@ def train_shard(config):
 
 def eval_splits(config):
   """(train split, eval split) read in order and centre-cropped: kNN, export, plots."""
-  return tuple(EvalSplit(tf_sources.open_source(config.dataset, split, config.data_dir or None),
-                         config.image_size, config.eval.batch_size)
-               for split in (config.train_split, config.eval_split))
+  splits = tuple(EvalSplit(tf_sources.open_source(config.dataset, split, config.data_dir or None),
+                           config.image_size, config.eval.batch_size,
+                           config.eval.crop_proportion)
+                 for split in (config.train_split, config.eval_split))
+  sources.require_labels(first_labels(splits[1].source), config)
+  return splits
+
+
+def first_labels(source, count: int = 64) -> np.ndarray:
+  """The labels of an image folder, or of the first `count` records of a TFDS split (all
+  -1 when it has no labels: imagenet2012's "test"), read without the images."""
+  if hasattr(source, "labels"):
+    return source.labels
+  if not source.has_label:
+    return np.full(1, -1)
+  records = source._records(source.split, 0).take(count)  # pylint: disable=protected-access
+  return np.array([int(x["label"]) for x in records.as_numpy_iterator()])
 
 
 # ---------------------------------------------------------------- geometric ops
@@ -119,14 +134,15 @@ def crop_views(image, seed, views):
   return out
 
 
-def center_view(image, size: int):
-  """Shorter side resized to `size` (bilinear, antialiased: once per image, for
-  evaluation), then the central square."""
+def center_view(image, size: int, crop_proportion: float = 1.0):
+  """The evaluation view of one image (eval_crop.geometry: Resize(round(size / p)) +
+  CenterCrop(size)), bilinear and antialiased, once per image."""
   t = tf()
   shape = t.cast(t.shape(image)[:2], t.float32)
-  new = t.cast(t.maximum(t.round(shape * size / t.reduce_min(shape)), size), t.int32)
-  out = t.image.resize(image, new, "bilinear", antialias=True)
-  top, left = (new[0] - size) // 2, (new[1] - size) // 2
+  new_h, new_w, top, left = (t.cast(v, t.int32) for v in eval_crop.geometry(
+      shape[0], shape[1], size, crop_proportion,
+      types.SimpleNamespace(minimum=t.minimum, floor=t.floor, round=t.round)))
+  out = t.image.resize(image, t.stack([new_h, new_w]), "bilinear", antialias=True)
   out = t.slice(out, [top, left, 0], [size, size, 3])
   return t.cast(t.clip_by_value(t.round(out), 0, 255), t.uint8)
 
@@ -207,8 +223,9 @@ class EvalSplit:
   after one pass over `images`, which they run themselves when needed).
   """
 
-  def __init__(self, source, image_size: int, batch_size: int):
+  def __init__(self, source, image_size: int, batch_size: int, crop_proportion: float = 1.0):
     self.source, self.image_size, self.batch_size = source, image_size, batch_size
+    self.crop_proportion = crop_proportion
     self.classes = source.classes
     self._labels, self._skipped, self._bad = None, None, None
 
@@ -242,8 +259,8 @@ class EvalSplit:
     files (of `keep`), in order."""
     t = tf()
     ds = self.source.in_order(keep).map(
-        lambda x: (center_view(x["image"], self.image_size), x["label"], x["bad"][0] < 0,
-                   x["index"]),
+        lambda x: (center_view(x["image"], self.image_size, self.crop_proportion), x["label"],
+                   x["bad"][0] < 0, x["index"]),
         num_parallel_calls=t.data.AUTOTUNE, deterministic=True)
     for images, labels, ok, index in ds.batch(self.batch_size).prefetch(2).as_numpy_iterator():
       yield images[ok], labels[ok], index[~ok]

@@ -97,6 +97,7 @@ def load_splits(config) -> tuple[ArrayDataset, ArrayDataset]:
   size = config.data_image_size or None
   train = load_split(config.dataset, config.train_split, data_dir, size)
   test = load_split(config.dataset, config.eval_split, data_dir, size)
+  require_labels(test.labels, config)
   check_crop_fits(config, min(train.images.shape[1:3]))
   return train, test
 
@@ -126,6 +127,15 @@ def report_skipped(workdir: str, names) -> str | None:
   print(f"Skipped {len(names)} image files that could not be decoded: "
         f"{', '.join(names[:SHOWN_SKIPPED])}{more}; all listed in {path}", flush=True)
   return path
+
+
+def require_labels(labels, config):
+  """A one-line error for an eval split whose labels are all unknown (-1), e.g. TFDS
+  imagenet2012's "test": every kNN, probe and linear score would read 0."""
+  if len(labels) and (np.asarray(labels) < 0).all():
+    raise ConfigError(f"config.eval_split={config.eval_split!r} of config.dataset="
+                      f"{config.dataset!r} has no labels; evaluate on a labelled split "
+                      "(ImageNet: --config.eval_split=validation)")
 
 
 def pack_image_folder(root: str, out_path: str,

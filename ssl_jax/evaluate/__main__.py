@@ -6,8 +6,12 @@ backbone, and merges the result into workdir/eval.json under the protocol's name
 numbers logged during pretraining are the online monitors; these are the offline ones).
   knn     weighted kNN (config.eval.knn_k, knn_temperature) on the eval split
   linear  linear classifier on frozen features of random-crop + flip training views,
-          top-1/top-5 on the eval split (see ssl_jax/evaluate/linear.py for the settings)
-  export  features (raw backbone outputs) and labels of both splits to workdir/features/
+          top-1/top-5 on the eval split; the method's protocol from config.eval.linear,
+          the flags below override it (see ssl_jax/evaluate/linear.py)
+  export  features (config.eval.features, not normalised) and labels of both splits to
+          workdir/features/
+Every protocol reads config.eval.features of the evaluation views: the central
+config.eval.crop_proportion of each image (0.875 = Resize(256) + CenterCrop(224)).
   plots   workdir/plots: curves from metrics.jsonl and a t-SNE of eval features
   finetune  backbone (SimCLR v2: + head up to config.head.finetune_layer) and a new linear
           classifier trained end to end on every label (ssl_jax/evaluate/finetune.py)
@@ -32,13 +36,16 @@ from ssl_jax.evaluate import protocols  # pylint: disable=wrong-import-position
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a pretraining run.")
 _PROTOCOL = flags.DEFINE_enum("protocol", "knn", protocols.PROTOCOLS, "Evaluation protocol.")
-_EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs; default linear 90, finetune 90, "
-                                "semi 60 at 1% and 30 at 10% labels, distill's student 400.")
-_BATCH = flags.DEFINE_integer("batch_size", 0, "Batch (0 = scaled to the data).")
+_EPOCHS = flags.DEFINE_integer("epochs", None, "Epochs; default linear config.eval.linear."
+                                "epochs, finetune 90, semi 60 at 1% and 30 at 10% labels, "
+                                "distill's student 400.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Batch (0 = scaled to the data; default "
+                              "linear config.eval.linear.batch_size, fine-tuning 0).")
 _LR = flags.DEFINE_float("base_lr", None, "linear: lr = base_lr x batch / 256 (default "
-                         "0.1); finetune/semi/distill: base_lr x sqrt(batch) (0.005).")
-_WD = flags.DEFINE_float("weight_decay", None, "Weight decay of the weights (default "
-                         "linear 1e-6, fine-tuning 0).")
+                         "config.eval.linear.base_lr); finetune/semi/distill: base_lr x "
+                         "sqrt(batch) (0.005).")
+_WD = flags.DEFINE_float("weight_decay", None, "Weight decay (default linear "
+                         "config.eval.linear.weight_decay, fine-tuning 0).")
 _FRACTION = flags.DEFINE_float("label_fraction", 0.01, "semi, distill: labelled share.")
 _LAYER = flags.DEFINE_integer("finetune_layer", -1, "finetune/semi/distill: head layer to "
                               "start from (0 = backbone; -1 = config.head.finetune_layer).")
@@ -53,8 +60,9 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def settings(protocol: str):
-  """The protocol's Settings: the flags given, its own defaults for the rest; a flag out of
-  its range (config.EVALUATE_FLAG_RANGES) is a one-line ConfigError."""
+  """The protocol's Settings: the flags given; the rest from the workdir's config
+  (linear: config.eval.linear) or the protocol's defaults. A flag out of its range
+  (config.EVALUATE_FLAG_RANGES) is a one-line ConfigError."""
   from ssl_jax.evaluate import finetune, linear  # pylint: disable=import-outside-toplevel
   config_lib.check_evaluate_flags({name: flags.FLAGS[name].value
                                    for name in config_lib.EVALUATE_FLAG_RANGES})

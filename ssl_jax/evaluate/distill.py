@@ -79,7 +79,8 @@ def evaluate(run, settings: finetune_lib.Settings) -> dict:
       make_objective(model, settings.temperature, settings.label_weight),
       {"teacher": teacher, "labelled": labelled})
   logits = finetune_lib.predict(model, student, run.test.images, run.mesh,
-                                config.eval.batch_size, config.image_size)
+                                config.eval.batch_size, config.image_size,
+                                config.eval.crop_proportion)
   teacher_entry = {k: v for k, v in teacher_entry.items() if k != "step"}
   return {"step": run.step, **linear.top_k_accuracy(logits, run.test.labels), **info,
           "train_images": len(run.train), "temperature": settings.temperature,

@@ -248,11 +248,13 @@ def fit(model, variables, data, settings: Settings, epochs: int, mesh, image_siz
                    "lr": peak_lr(settings, batch), "final_loss": float(loss)}
 
 
-def predict(model, variables, images, mesh, batch_size: int, image_size: int) -> np.ndarray:
-  """Logits (N, classes) of uint8 `images`, BN in inference mode, batch-sharded."""
+def predict(model, variables, images, mesh, batch_size: int, image_size: int,
+            crop_proportion: float = 1.0) -> np.ndarray:
+  """Logits (N, classes) of the evaluation views of uint8 `images` (knn.preprocess), BN in
+  inference mode, batch-sharded."""
   apply = lambda v, x: model.apply(v, x, train=False)  # noqa: E731
   return knn.extract_features(apply, variables, images, mesh, batch_size, image_size,
-                              normalize=False)
+                              False, crop_proportion)
 
 
 # The protocols.
@@ -295,7 +297,8 @@ def finetune(run, settings: Settings, fraction: float, epochs: int = 0):
   variables, info = fit(model, initial_variables(model, config.image_size, trunk_variables),
                         data, settings, epochs, run.mesh, config.image_size)
   result = linear.top_k_accuracy(predict(model, variables, run.test.images, run.mesh,
-                                  config.eval.batch_size, config.image_size), run.test.labels)
+                                         config.eval.batch_size, config.image_size,
+                                         config.eval.crop_proportion), run.test.labels)
   entry = {"step": run.step, **result, **info, "finetune_layer": layer,
            "label_fraction": fraction, "labelled_images": len(data),
            "optimizer": f"lars {settings.momentum} (trust {TRUST_COEFFICIENT}), cosine, "

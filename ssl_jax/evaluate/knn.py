@@ -10,26 +10,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssl_jax import losses, parallel
+from ssl_jax.data import eval_crop
+from ssl_jax.errors import ConfigError
 
 
-def preprocess(images: jax.Array, image_size: int) -> jax.Array:
-  """uint8 images -> floats in [0, 1] at the training crop size (no normalisation)."""
-  x = images.astype(jnp.float32) / 255.0
-  if x.shape[1:3] != (image_size, image_size):
-    x = jax.image.resize(x, (x.shape[0], image_size, image_size, 3), "bilinear")
-  return x
+def preprocess(images: jax.Array, image_size: int, crop_proportion: float = 1.0) -> jax.Array:
+  """uint8 images -> floats in [0, 1], their evaluation view (data/eval_crop.py: the central
+  crop_proportion resized to image_size; no normalisation)."""
+  return eval_crop.center_crop(images.astype(jnp.float32) / 255.0, image_size, crop_proportion)
 
 
 def extract_features(encode, variables, images, mesh, batch_size: int, image_size: int,
-                     normalize: bool = True) -> np.ndarray:
-  """Features (L2-normalised unless `normalize` is False), computed batch-sharded, of
-  `images`: uint8 (N, H, W, 3), or an iterable of such batches (e.g. read by tf.data)."""
+                     normalize: bool = True, crop_proportion: float = 1.0) -> np.ndarray:
+  """Features (L2-normalised unless `normalize` is False), computed batch-sharded, of the
+  evaluation views (`preprocess`) of `images`: uint8 (N, H, W, 3), or an iterable of such
+  batches (e.g. read and cropped by tf.data)."""
   devices = mesh.devices.size
   batch_size = max(devices, batch_size // devices * devices)
 
   @jax.jit
   def features(variables, x):
-    f = encode(variables, preprocess(x, image_size))
+    f = encode(variables, preprocess(x, image_size, crop_proportion))
     return losses.l2_normalize(f) if normalize else f
 
   out = []
@@ -81,11 +82,22 @@ def knn_accuracy(train_features, train_labels, test_features, test_labels, num_c
 
 
 def evaluate(method, config, variables, train, test, mesh) -> dict:
-  """Weighted kNN top-1/top-5 of `variables`' features: `test` classified against `train`."""
+  """Weighted kNN top-1/top-5 of `variables`' features (config.eval.features): `test`
+  classified against `train`, or with features "bank" against the memory bank's rows
+  (`variables["bank"]`, the method's eval_variables), which are the training images'."""
   encode = functools.partial(method.encode, config=config)
   extract = functools.partial(extract_features, encode, variables, mesh=mesh,
-                              batch_size=config.eval.batch_size, image_size=config.image_size)
-  result = knn_accuracy(extract(train.images), train.labels, extract(test.images),
-                        test.labels, len(train.classes), config.eval.knn_k,
-                        config.eval.knn_temperature)
+                              batch_size=config.eval.batch_size, image_size=config.image_size,
+                              crop_proportion=config.eval.crop_proportion)
+  test_features = extract(test.images)
+  if config.eval.features == "bank":
+    train_features = np.asarray(jax.device_get(variables["bank"]), np.float32)
+    if len(train_features) != len(train.labels):
+      raise ConfigError(f"config.eval.features='bank': the bank's {len(train_features)} rows "
+                        f"do not match the {len(train.labels)} readable training images; "
+                        "use 'embedding'")
+  else:
+    train_features = extract(train.images)
+  result = knn_accuracy(train_features, train.labels, test_features, test.labels,
+                        len(train.classes), config.eval.knn_k, config.eval.knn_temperature)
   return {"knn_top1": result["top1"], "knn_top5": result["top5"]}

@@ -1,32 +1,63 @@
-"""Linear evaluation: a linear classifier on frozen features (SimCLR's protocol).
+"""Linear evaluation: a linear classifier on frozen features, each method's own protocol.
 
-SimCLR (README): Nesterov momentum SGD (0.9), lr 0.1 x B/256 with cosine decay and no
-warmup, weight decay 1e-6 on the weights, 90 epochs, zero-initialised logits layer, the
-backbone frozen and its BN in inference mode, features of random-crop + flip views of
-the training images (new crops every epoch). SimCLR's ImageNet batch is 4096; here the
-default batch is scaled to the data set (`default_batch_size`) so that a small data set
-still gets many steps an epoch, and the lr follows by the B/256 rule.
+The settings come from config.eval.linear (set per method to its original's protocol, see
+configs/*.py), flags of `python -m ssl_jax.evaluate` override them. The defaults are
+SimCLR's (README): Nesterov momentum SGD (0.9), lr 0.1 x B/256 with cosine decay and no
+warmup, weight decay 1e-6 on the weights, 90 epochs, zero-initialised logits layer. Every
+protocol freezes the backbone with its BN in inference mode and trains on random-crop +
+flip views of the training images (new crops every epoch). The batch defaults to one
+scaled to the data set (`default_batch_size`: 4096 on ImageNet, as SimCLR) so that a
+small data set still gets many steps an epoch; the lr follows by the B/256 rule. The
+schedules run per step (the PyTorch originals set the lr per epoch).
 """
 import dataclasses
 import itertools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
-from ssl_jax import losses, optim, parallel
+from ssl_jax import config as config_lib, losses, optim, parallel
 from ssl_jax.data import augment
 
 
 @dataclasses.dataclass
 class Settings:
-  epochs: int = 90
-  batch_size: int = 0          # 0 = default_batch_size(number of training images)
-  base_lr: float = 0.1         # x batch / 256
-  weight_decay: float = 1e-6
+  """None = config.eval.linear's value (`resolve`); see ssl_jax/config.py."""
+  epochs: int | None = None
+  batch_size: int | None = None  # 0 = default_batch_size(number of training images)
+  base_lr: float | None = None   # x batch / 256
+  weight_decay: float | None = None
+  optimizer: str | None = None   # "nesterov" | "sgd" | "lars"
+  schedule: str | None = None    # "cosine" | "steps"
+  lr_steps_epochs: tuple | None = None
+  init: str | None = None        # "zeros" | "normal" (N(0, 0.01))
+  vit_blocks: int | None = None
+  vit_avgpool: bool | None = None
   momentum: float = 0.9
   seed: int = 0
+
+
+def resolve(settings: Settings | None, config=None) -> Settings:
+  """`settings` with every unset field from config.eval.linear (base_config's without a
+  config)."""
+  settings = settings or Settings()
+  defaults = (config or config_lib.base_config()).eval.linear
+  given = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
+  return Settings(**{k: defaults[k] if v is None else v for k, v in given.items()})
+
+
+def linear_config(config, settings: Settings):
+  """`config` with the ViT output option of `settings` (the backbone DINO's linear
+  protocol reads: class tokens of the last blocks); `config` itself for other models."""
+  if config.model.name != "vit" or (settings.vit_blocks == 1 and not settings.vit_avgpool):
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.output_blocks = settings.vit_blocks
+  config.model.output_avgpool = settings.vit_avgpool
+  return config
 
 
 def default_batch_size(num_images: int) -> int:
@@ -52,11 +83,33 @@ def augmented_encoder(encode, image_size: int):
   return featurize
 
 
+def _schedule(settings: Settings, peak: float, total_steps: int):
+  if settings.schedule == "steps":   # x0.1 at each epoch of lr_steps_epochs (MoCo)
+    per_epoch = total_steps / max(settings.epochs, 1)
+    return optax.piecewise_constant_schedule(
+        peak, {int(round(e * per_epoch)): 0.1 for e in settings.lr_steps_epochs})
+  return optax.cosine_decay_schedule(peak, max(total_steps, 1))
+
+
 def _optimizer(settings: Settings, batch_size: int, total_steps: int):
-  lr = optax.cosine_decay_schedule(settings.base_lr * batch_size / 256, max(total_steps, 1))
+  """SimCLR's Nesterov SGD with decay on kernels; the PyTorch originals' SGD (decay on
+  every parameter); or apex LARC around SGD (SimSiam: trust 1e-3, every parameter)."""
+  lr = _schedule(settings, settings.base_lr * batch_size / 256, total_steps)
+  if settings.optimizer == "lars":
+    return optax.lars(lr, weight_decay=settings.weight_decay, trust_coefficient=1e-3,
+                      momentum=settings.momentum)
+  mask = optim.kernel_mask if settings.optimizer == "nesterov" else None
   return optax.chain(
-      optax.add_decayed_weights(settings.weight_decay, mask=optim.kernel_mask),
-      optax.sgd(lr, momentum=settings.momentum, nesterov=True))
+      optax.add_decayed_weights(settings.weight_decay, mask=mask),
+      optax.sgd(lr, momentum=settings.momentum, nesterov=settings.optimizer == "nesterov"))
+
+
+def initial_classifier(settings: Settings, dim: int, num_classes: int) -> dict:
+  """Zeros (SimCLR), or N(0, 0.01) weights with a zero bias (MoCo, SimSiam, MoCo v3, DINO)."""
+  kernel = jnp.zeros((dim, num_classes))
+  if settings.init == "normal":
+    kernel = 0.01 * jax.random.normal(jax.random.key(settings.seed + 1), (dim, num_classes))
+  return {"kernel": kernel, "bias": jnp.zeros((num_classes,))}
 
 
 def logits(classifier, features):
@@ -65,7 +118,7 @@ def logits(classifier, features):
 
 def batch_size(settings: Settings, num_images: int, devices: int) -> int:
   """The global batch: settings.batch_size (0: default_batch_size), a multiple of `devices`."""
-  batch = settings.batch_size or default_batch_size(num_images)
+  batch = resolve(settings).batch_size or default_batch_size(num_images)
   return max(devices, min(batch, num_images) // devices * devices)
 
 
@@ -73,6 +126,7 @@ def fit(featurize, variables, inputs: np.ndarray, labels: np.ndarray, num_classe
         settings: Settings, mesh) -> dict:
   """Trains {kernel, bias} on featurize(variables, batch of inputs, key), frozen, over
   in-memory arrays reshuffled every epoch."""
+  settings = resolve(settings)
   batch = batch_size(settings, len(inputs), mesh.devices.size)
   steps_per_epoch = len(inputs) // batch
   order = np.random.default_rng(settings.seed)
@@ -91,6 +145,7 @@ def fit_batches(featurize, variables, batches, num_classes: int, settings: Setti
                 batch: int, total_steps: int, mesh) -> dict:
   """Trains {kernel, bias} on featurize(variables, x, key), frozen, for the `total_steps`
   (x, y) global batches of size `batch` that `batches` yields (a stream, e.g. tf.data)."""
+  settings = resolve(settings)
   tx = _optimizer(settings, batch, total_steps)
   key = jax.random.key(settings.seed)
 
@@ -108,9 +163,9 @@ def fit_batches(featurize, variables, batches, num_classes: int, settings: Setti
   for i, (x, y) in enumerate(itertools.islice(batches, total_steps)):
     if classifier is None:   # the feature width, from the first batch
       dim = jax.eval_shape(featurize, variables, x, key).shape[-1]
-      zeros = {"kernel": jnp.zeros((dim, num_classes)), "bias": jnp.zeros((num_classes,))}
+      start = initial_classifier(settings, dim, num_classes)
       # On the mesh (every process's devices) like the sharded batches it meets.
-      classifier, opt_state = parallel.replicate((zeros, tx.init(zeros)), mesh)
+      classifier, opt_state = parallel.replicate((start, tx.init(start)), mesh)
     classifier, opt_state, _ = step(classifier, opt_state, variables, x, y,
                                     jax.random.fold_in(key, i))
   if classifier is None:

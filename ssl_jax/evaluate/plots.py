@@ -248,7 +248,8 @@ def write_at_end(workdir, method, config, variables, test, mesh) -> list[str]:
   if len(sample):   # every process takes part in the sharded extraction
     encode = lambda v, x: method.encode(v, x, config)  # pylint: disable=unnecessary-lambda-assignment
     features = knn.extract_features(encode, variables, test.images[sample], mesh,
-                                    config.eval.batch_size, config.image_size)
+                                    config.eval.batch_size, config.image_size,
+                                    crop_proportion=config.eval.crop_proportion)
   if jax.process_index() != 0:
     return []
   paths = [plot_curves(workdir, config)]

@@ -11,34 +11,47 @@ from ssl_jax.evaluate import distill, finetune, knn, linear, plots, workdir as w
 PROTOCOLS = ("knn", "linear", "export", "plots") + finetune.PROTOCOLS
 
 
-def features(run, images, normalize: bool):
-  return knn.extract_features(run.encode, run.variables, images, run.mesh,
-                              run.config.eval.batch_size, run.config.image_size, normalize)
+def features(run, images, normalize: bool, encode=None):
+  """Features of the evaluation views (config.eval.crop_proportion) of `images`."""
+  return knn.extract_features(encode or run.encode, run.variables, images, run.mesh,
+                              run.config.eval.batch_size, run.config.image_size, normalize,
+                              run.config.eval.crop_proportion)
 
 
 def evaluate_knn(run) -> dict:
   config = run.config
   result = knn.evaluate(run.method, config, run.variables, run.train, run.test, run.mesh)
   return {"step": run.step, "k": config.eval.knn_k, "temperature": config.eval.knn_temperature,
+          "features": config.eval.features, "crop_proportion": config.eval.crop_proportion,
           "top1": result["knn_top1"], "top5": result["knn_top5"]}
 
 
 def evaluate_linear(run, settings) -> dict:
+  """The method's linear protocol (config.eval.linear), unset fields of `settings` from it."""
+  settings = linear.resolve(settings, run.config)
+  config = linear.linear_config(run.config, settings)
+  encode = lambda v, x: run.method.encode(v, x, config)  # noqa: E731
   num_classes = len(run.train.classes)
   if isinstance(run.train, pipeline.EvalSplit):
-    classifier = fit_linear_streamed(run, settings)
+    classifier = fit_linear_streamed(run, settings, encode)
   else:
-    featurize = linear.augmented_encoder(run.encode, run.config.image_size)
+    featurize = linear.augmented_encoder(encode, run.config.image_size)
     classifier = linear.fit(featurize, run.variables, run.train.images, run.train.labels,
                             num_classes, settings, run.mesh)
-  result = linear.accuracy(classifier, features(run, run.test.images, False), run.test.labels)
+  test_features = features(run, run.test.images, False, encode)
+  result = linear.accuracy(classifier, test_features, run.test.labels)
   batch = linear.batch_size(settings, len(run.train), run.mesh.devices.size)
+  schedule = (f"x0.1 at epochs {list(settings.lr_steps_epochs)}"
+              if settings.schedule == "steps" else settings.schedule)
   return {"step": run.step, **result, "epochs": settings.epochs, "batch_size": batch,
-          "lr": settings.base_lr * batch / 256, "optimizer": "nesterov sgd 0.9, cosine",
-          "weight_decay": settings.weight_decay, "augment": "random crop + flip"}
+          "lr": settings.base_lr * batch / 256,
+          "optimizer": f"{settings.optimizer} {settings.momentum}, {schedule}",
+          "weight_decay": settings.weight_decay, "init": settings.init,
+          "features": run.config.eval.features, "feature_dim": int(test_features.shape[-1]),
+          "crop_proportion": run.config.eval.crop_proportion, "augment": "random crop + flip"}
 
 
-def fit_linear_streamed(run, settings) -> dict:
+def fit_linear_streamed(run, settings, encode) -> dict:
   """linear.fit for a data set too large for memory: tf.data cuts the random crops and
   flips on the host (each process its shard), the device only scales them to [0, 1]."""
   view = linear.crop_flip_view(run.config.image_size)
@@ -49,7 +62,7 @@ def fit_linear_streamed(run, settings) -> dict:
 
   def featurize(variables, crops, key):
     rows = jnp.arange(crops.shape[0])
-    return run.encode(variables, augment.photometric_batch(key, crops, rows, view))
+    return encode(variables, augment.photometric_batch(key, crops, rows, view))
   batches = ((b["view0"], b["label"]) for b in data.batches(0, total_steps))
   return linear.fit_batches(featurize, run.variables, batches, len(run.train.classes),
                             settings, batch, total_steps, run.mesh)
@@ -64,7 +77,9 @@ def export(run, workdir) -> dict:
     np.save(os.path.join(out, f"{split}_features.npy"), f)
     np.save(os.path.join(out, f"{split}_labels.npy"), data.labels)
     shapes[split] = list(f.shape)
-  return {"step": run.step, "directory": out, "shapes": shapes, "normalized": False}
+  return {"step": run.step, "directory": out, "shapes": shapes, "normalized": False,
+          "features": run.config.eval.features,
+          "crop_proportion": run.config.eval.crop_proportion}
 
 
 def write_plots(run, workdir) -> dict:
@@ -85,7 +100,7 @@ def evaluate(workdir: str, protocol: str, settings=None) -> dict:
   if protocol == "knn":
     result = evaluate_knn(run)
   elif protocol == "linear":
-    result = evaluate_linear(run, settings or linear.Settings())
+    result = evaluate_linear(run, settings)
   elif protocol == "distill":
     result = distill.evaluate(run, settings)
   elif protocol in finetune.PROTOCOLS:

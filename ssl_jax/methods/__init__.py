@@ -5,7 +5,10 @@ Every method module exposes pure functions (see ../shared/docs/DESIGN.md):
   init(rng, config, sample_batch) -> MethodVars    params, batch_stats and method state
   loss_fn(params, state, batch, rng, step) -> (loss, aux)   per-device, inside shard_map
   update(state, new_params, aux, step) -> state   EMA, queues, banks, BN statistics
-  encode(variables, images, config) -> features   frozen backbone features for evaluation
+  encode(variables, images, config, features=None) -> features   what evaluation reads:
+                                                  config.eval.features (or `features`),
+                                                  via common.encode; EVAL_FEATURES lists
+                                                  the choices (default: "backbone")
 and optionally
   validate(config, device_count)                  one-line ConfigErrors for its own fields
   adjust_grads(grads, step, *, config) -> grads   after the cross-device mean, before the

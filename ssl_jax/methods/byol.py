@@ -118,5 +118,5 @@ def update(state, new_params, aux, step, *, config):
                                          target_batch_stats=aux["target_batch_stats"]))
 
 
-def encode(variables, images, config):
-  return online(config).apply(variables, images, method=Online.features)
+def encode(variables, images, config, features=None):
+  return common.encode(online(config), variables, images, config, features)

@@ -130,5 +130,22 @@ def update(state, new_params, aux, step, *, config):
       z_l=aux["z_l"], z_ab=aux["z_ab"]))
 
 
-def encode(variables, images, config):
-  return network(config).apply(variables, images, method=LabNetwork.features)
+EVAL_FEATURES = ("backbone", "embedding", "bank")
+
+
+def embedding(net, images):
+  """Both views' L2-normalised 128-d embeddings, concatenated (normalised again by
+  common.encode): the rows of `eval_variables`' bank."""
+  (_, z_l), (_, z_ab) = net(images, train=False)
+  return jnp.concatenate([losses.l2_normalize(z_l), losses.l2_normalize(z_ab)], axis=-1)
+
+
+def eval_variables(state):
+  """The trained weights and, for config.eval.features="bank", both banks side by side."""
+  ms = state.method_state
+  bank = losses.l2_normalize(jnp.concatenate([ms["bank_l"], ms["bank_ab"]], axis=-1))
+  return {"params": state.params, "batch_stats": state.batch_stats, "bank": bank}
+
+
+def encode(variables, images, config, features=None):
+  return common.encode(network(config), variables, images, config, features, embedding)

@@ -1,4 +1,5 @@
-"""Pieces several methods share: views from the config, split-BN groups, collapse metric."""
+"""Pieces several methods share: views from the config, split-BN groups, collapse metric,
+the features evaluation reads."""
 import jax
 import jax.numpy as jnp
 
@@ -57,3 +58,18 @@ def init_variables(net, rng, config, train: bool = True):
   """`net.init` on a dummy batch of two crops of the config's size (shapes come from it)."""
   x = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
   return net.init(rng, x, train=train)
+
+
+def encode(net, variables, images, config, features=None, embedding=None):
+  """What evaluation reads of `images`: `features` or else config.eval.features, "backbone"
+  (`net.features`, pooled and frozen) or, for "embedding" and "bank", the L2-normalised
+  `embedding(net, images)`: the method's output (InstDisc's 128-d, MoCo's query)."""
+  variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+  if (features or config.eval.features) == "backbone":
+    return net.apply(variables, images, method=type(net).features)
+  return losses.l2_normalize(net.apply(variables, images, method=embedding))
+
+
+def head_output(net, images):
+  """The head output z of an Encoder-like (h, z) network, BN in inference mode."""
+  return net(images, train=False)[1]

@@ -22,6 +22,7 @@ from ssl_jax import losses, models, parallel
 from ssl_jax.data import patches as patches_lib
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
+from ssl_jax.methods import common
 from ssl_jax.models import cpc as cpc_models
 from ssl_jax.models import resnet
 
@@ -149,7 +150,7 @@ def update(state, new_params, aux, step, *, config):
   return state.replace(batch_stats=aux["batch_stats"])
 
 
-def encode(variables, images, config):
+def encode(variables, images, config, features=None):
   """Mean over the grid of the patch encodings of the un-augmented patches."""
-  return network(config).apply(variables, patches_of(config, images),
-                               method=cpc_models.CPCNetwork.features)
+  return common.encode(network(config), variables, patches_of(config, images), config,
+                       features)

@@ -253,5 +253,5 @@ def eval_variables(state):
   return dict(state.method_state["teacher"])
 
 
-def encode(variables, images, config):
-  return network(config).apply(variables, images, method=MultiCrop.features)
+def encode(variables, images, config, features=None):
+  return common.encode(network(config), variables, images, config, features)

@@ -77,5 +77,14 @@ def update(state, new_params, aux, step, *, config):
   return state.replace(batch_stats=aux["batch_stats"], method_state=dict(bank=bank, z=aux["z"]))
 
 
-def encode(variables, images, config):
-  return network(config).apply(variables, images, method=Encoder.features)
+EVAL_FEATURES = ("backbone", "embedding", "bank")
+
+
+def eval_variables(state):
+  """The trained weights and, for config.eval.features="bank", the memory bank."""
+  return {"params": state.params, "batch_stats": state.batch_stats,
+          "bank": state.method_state["bank"]}
+
+
+def encode(variables, images, config, features=None):
+  return common.encode(network(config), variables, images, config, features, common.head_output)

@@ -161,5 +161,8 @@ def update(state, new_params, aux, step, *, config):
                                          queue_ptr=ptr, key_batch_stats=aux["key_batch_stats"]))
 
 
-def encode(variables, images, config):
-  return network(config).apply(variables, images, method=Encoder.features)
+EVAL_FEATURES = ("backbone", "embedding")
+
+
+def encode(variables, images, config, features=None):
+  return common.encode(network(config), variables, images, config, features, common.head_output)

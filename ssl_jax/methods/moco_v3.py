@@ -176,5 +176,5 @@ def update(state, new_params, aux, step, *, config):
   return state.replace(batch_stats=aux["batch_stats"], method_state=aux["target"])
 
 
-def encode(variables, images, config):
-  return network(config).apply(variables, images, method=Network.features)
+def encode(variables, images, config, features=None):
+  return common.encode(network(config), variables, images, config, features)

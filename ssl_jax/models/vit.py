@@ -133,7 +133,8 @@ class Block(nn.Module):
 
 
 class ViT(nn.Module):
-  """Returns the class token after the final LayerNorm, (N, width) float32."""
+  """Returns the class token after the final LayerNorm, (N, width) float32 (see the
+  output option below)."""
   width: int = 384
   depth: int = 12
   num_heads: int = 12
@@ -144,10 +145,16 @@ class ViT(nn.Module):
   drop_path: float = 0.0          # rate of the last block; linear from 0 over depth
   frozen_patch_embed: bool = False
   dtype: Any = jnp.float32
+  # Output option (DINO eval_linear.py:160-170): the class tokens of the last
+  # `output_blocks` blocks, each after the final LayerNorm, concatenated; with
+  # `output_avgpool` (one block) also the mean patch token, interleaved as DINO's
+  # stack-and-reshape. The defaults give the last block's class token.
+  output_blocks: int = 1
+  output_avgpool: bool = False
 
   @property
   def num_features(self) -> int:
-    return self.width
+    return self.width * self.output_blocks * (2 if self.output_avgpool else 1)
 
   def position_embedding(self, grid):
     """(1, 1 + h*w, width): the class token's position embedding, then the patches'."""
@@ -172,12 +179,17 @@ class ViT(nn.Module):
     tokens = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.width)).astype(self.dtype),
                               tokens], axis=1)
     tokens = tokens + self.position_embedding(grid).astype(self.dtype)
+    outputs = []
     for i, rate in enumerate(np.linspace(0.0, self.drop_path, self.depth)):
       tokens = Block(self.num_heads, self.mlp_ratio, float(rate), self.dtype,
                      name=f"block{i}")(tokens, train)
-    tokens = nn.LayerNorm(LN_EPS, dtype=self.dtype, param_dtype=jnp.float32,
-                          name="norm")(tokens)
-    return tokens[:, 0].astype(jnp.float32)
+      outputs.append(tokens)
+    norm = nn.LayerNorm(LN_EPS, dtype=self.dtype, param_dtype=jnp.float32, name="norm")
+    outputs = [norm(t) for t in outputs[-self.output_blocks:]]
+    out = jnp.concatenate([t[:, 0] for t in outputs], axis=-1)
+    if self.output_avgpool:
+      out = jnp.stack([out, outputs[-1][:, 1:].mean(axis=1)], axis=-1).reshape(n, -1)
+    return out.astype(jnp.float32)
 
 
 def vit(size: str, **kwargs) -> ViT:
