@@ -21,8 +21,7 @@ Variants, `--config=configs/instdisc.py:<variant>`:
 
 Deviations: ImageNet mean/std input normalisation in every variant (the CIFAR original
 uses CIFAR's); grayscale is applied after the colour jitter (the original converts to grey
-first, then jitters); BN over the global batch; the ResNet's last BN of each block starts
-at zero; the NCE has no eps (see ssl_jax/memory_bank.py); backbone features for kNN.
+first, then jitters); BN over the global batch; the NCE has no eps (see ssl_jax/memory_bank.py); backbone features for kNN.
 """
 import ml_collections
 
@@ -57,6 +56,8 @@ def get_config(arg=None):
   c.batch_size = 256
   c.num_epochs = 200
   c.model.update(depth=50, width=1.0, cifar_stem=False)
+  # lemniscate models/resnet.py and resnet_cifar.py: every BN scale starts at 1
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="none")
   c.head.update(num_layers=1, hidden_dim=0, out_dim=128)     # Linear(2048 -> 128)
   c.loss.temperature = 0.07
   c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="none", weight_decay=1e-4,

@@ -16,6 +16,15 @@ Variants, `--config=configs/simclr_v1.py:<variant>`:
               Deviations chosen for speed of learning at this scale: batch 128,
               temperature 0.2, head hidden width 512, crop scale (0.2, 1), 1 warmup epoch.
   smoke       A seconds-long CPU run for tests.
+
+Architecture, as tf2/resnet.py in every variant but cifar10: a projection shortcut (1x1 conv
++ BN) in block 0 of every stage, stage 1 included (BlockGroup's use_projection=True,
+tf2/resnet.py:490-521), with SK the ResNet-D shortcut (2x2 average pool of the block's
+stride, then a stride-1 projection, :329-352); the last BN of every block starts at zero
+(:366, 467); convs VarianceScaling() (scale 1, fan_in, truncated normal, :202) and head
+layers N(0, 0.01) (tf2/model.py:143-146). cifar10 instead builds lightly's benchmark
+ResNet-18 (config.use_lightly_resnet: projection only where the shape changes, no zero-init,
+PyTorch's init in backbone and head), the backbone of the CIFAR-10 table ours is read beside.
 """
 from ssl_jax import config as config_lib
 
@@ -45,6 +54,7 @@ def get_config(arg=None):
   c.batch_size = 4096
   c.num_epochs = 100
   c.model.update(depth=50, width=1.0, cifar_stem=False)
+  c.model.update(projection_shortcut="always", zero_init_residual="all", init="tf_simclr")
   c.head.update(num_layers=2, hidden_dim=0, out_dim=128, finetune_layer=0)
   c.loss.temperature = 0.1
   c.optimizer.update(name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6,
@@ -52,7 +62,8 @@ def get_config(arg=None):
   c.augment.update(crop_scale=(0.08, 1.0), color_strength=1.0, brightness_impl="additive",
                    blur_prob=0.5)
   return config_lib.variant(c, arg, {
-      "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
+      "cifar10": lambda c: cifar_recipe(config_lib.use_lightly_resnet(
+          config_lib.use_cifar10(c))),
       "quickstart": lambda c: quickstart_recipe(cifar_recipe(config_lib.use_quickstart(c))),
       "smoke": lambda c: cifar_recipe(config_lib.use_smoke(c)),
   })
