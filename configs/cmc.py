@@ -27,9 +27,10 @@ Architecture [CMC models/resnet.py:110-134]: the stem conv and its BN keep 64 ch
 whatever the width (model.stem_width = 64), only the residual stages scale; convs normal
 with std sqrt(2 / (k^2 C_out)) (torchvision's fan_out), every BN scale 1 (no zero-init).
 
-Deviations: BN over the global batch (the original: per GPU under DataParallel); bilinear crops are resized before the Lab
-conversion as float RGB (the original resizes uint8 with PIL); the NCE has no eps (see
-ssl_jax/memory_bank.py); kNN on the concatenated backbone features of both encoders.
+Deviations: BN over the global batch (the original: per GPU under DataParallel); bilinear
+crops are resized before the Lab conversion as float RGB (the original resizes uint8 with
+PIL); the NCE has no eps (see ssl_jax/memory_bank.py); kNN on the concatenated backbone
+features of both encoders.
 """
 import ml_collections
 

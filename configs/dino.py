@@ -55,17 +55,17 @@ Deviations from the original: photometric augmentation runs on the device with t
 library's ops (SimCLR-style blur whose kernel is 10% of the crop instead of PIL's
 GaussianBlur, solarize at 0.5, per-channel-mean contrast, bilinear instead of bicubic
 resized crops); ImageNet mean/std normalisation happens inside the network; mixed
-precision is bfloat16 (the original: fp16), but the head's weight-normalised last layer and
-the logits are float32. As the original: the ViT's init (model.vit_init = "dino": Linear
-layers, class token and position embedding N(0, 0.02), the patch embedding PyTorch's
-Conv2d default) [vision_transformer.py:126, 146-172]; the position embedding resized for
-other crop sizes as interpolate_pos_encoding (bicubic a = -0.75, scale factor with the
-+0.1, no antialiasing) [vision_transformer.py:174-194]; the ResNet variants are
+precision is bfloat16 (the original: fp16), but the head's weight-normalised last layer
+and the logits are float32. As the original: the ViT's init (model.vit_init = "dino":
+Linear layers, class token and position embedding N(0, 0.02), the patch embedding
+PyTorch's Conv2d default) [vision_transformer.py:126, 146-172]; the position embedding
+resized for other crop sizes as interpolate_pos_encoding (bicubic a = -0.75, scale factor
+with the +0.1, no antialiasing) [vision_transformer.py:174-194]; the ResNet variants are
 torchvision's resnet50() with its defaults (zero_init_residual=False, every BN scale 1)
-[main_dino.py:175-178] (lightly's CIFAR ResNet-18 has no zero-init either). The kNN monitor and the evaluation CLI
-read the teacher's backbone, as the original; the online probe (ours) learns from the
-student's. With SGD (resnet50) the frozen last layer still gets weight decay in epoch 0,
-which norm_last_layer makes moot.
+[main_dino.py:175-178] (lightly's CIFAR ResNet-18 has no zero-init either). The kNN
+monitor and the evaluation CLI read the teacher's backbone, as the original; the online
+probe (ours) learns from the student's. With SGD (resnet50) the frozen last layer still
+gets weight decay in epoch 0, which norm_last_layer makes moot.
 """
 import ml_collections
 

@@ -21,7 +21,8 @@ Variants, `--config=configs/instdisc.py:<variant>`:
 
 Deviations: ImageNet mean/std input normalisation in every variant (the CIFAR original
 uses CIFAR's); grayscale is applied after the colour jitter (the original converts to grey
-first, then jitters); BN over the global batch; the NCE has no eps (see ssl_jax/memory_bank.py); backbone features for kNN.
+first, then jitters); BN over the global batch; the NCE has no eps (see
+ssl_jax/memory_bank.py); backbone features for kNN.
 """
 import ml_collections
 

@@ -39,14 +39,14 @@ def encoder(config, axis_name=None) -> Encoder:
   hidden = (config.head.hidden_dim or backbone.num_features,) * (config.head.num_layers - 1)
   return Encoder(backbone, MLPHead(hidden, config.head.out_dim, hidden_bn=True,
                                    out_bias=False, dtype=dtype, axis_name=axis_name,
-                                   init=inits.head_scheme(config.model.init)))
+                                   init_scheme=inits.head_scheme(config.model.init)))
 
 
 def online(config, axis_name=None) -> Online:
   dtype = models.compute_dtype(config.dtype, jax.default_backend())
   predictor = MLPHead((config.byol.predictor_hidden_dim,), config.head.out_dim, hidden_bn=True,
                       out_bias=False, dtype=dtype, axis_name=axis_name,
-                      init=inits.head_scheme(config.model.init))
+                      init_scheme=inits.head_scheme(config.model.init))
   return Online(encoder(config, axis_name), predictor)
 
 

@@ -38,7 +38,7 @@ def network(config, axis_name=None) -> Network:
   head = config.head
   return Network(models.backbone(config.model, dtype, axis_name),
                  ProjectionHead(head.num_layers, head.hidden_dim or None, head.out_dim,
-                                dtype, axis_name, init=inits.head_scheme(config.model.init)))
+                                dtype, axis_name, init_scheme=inits.head_scheme(config.model.init)))
 
 
 def views(config) -> list[View]:

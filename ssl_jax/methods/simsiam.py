@@ -39,9 +39,9 @@ def network(config, axis_name=None) -> Network:
   backbone = models.backbone(config.model, dtype, axis_name)
   head = config.head
   projector = ProjectionHead(head.num_layers, head.hidden_dim or None, head.out_dim, dtype,
-                             axis_name, out_scale=False, init="pytorch")
+                             axis_name, out_scale=False, init_scheme="pytorch")
   predictor = MLPHead((config.simsiam.predictor_hidden_dim,), head.out_dim, hidden_bn=True,
-                      out_bias=True, dtype=dtype, axis_name=axis_name, init="pytorch",
+                      out_bias=True, dtype=dtype, axis_name=axis_name, init_scheme="pytorch",
                       hidden_bias=False)
   return Network(Encoder(backbone, projector), predictor)
 

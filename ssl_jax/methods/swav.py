@@ -2,14 +2,15 @@
 
 Multi-crop: 2 crops of `config.image_size` and `num_small_crops` small ones. Same-size
 crops go through the backbone together (one forward, one BN batch, per resolution), then
-all crops through the projection head at once; z = normalize(head(h)) and the scores are
-z against 3000 unit-norm prototypes. For each assignment crop, Sinkhorn-Knopp turns the
+all crops through the projection head at once; z = normalize(head(h)) and the scores are z
+against 3000 unit-norm prototypes. For each assignment crop, Sinkhorn-Knopp turns the
 stop-gradient scores of the global batch (plus, once full, a queue of earlier embeddings
 re-scored with the current prototypes) into soft codes q; every other crop predicts q with
 softmax(scores / tau). The prototypes are re-normalised after every optimizer step and
-frozen during the first `freeze_prototypes_epochs`. Initialisation follows the original (BN
-scales 1: config.model.zero_init_residual = "none"; PyTorch's Linear init in the head): LARC steps a zero-norm tensor by its raw
-gradient, so tensors that start at 0 here but not there would train very differently.
+frozen during the first `freeze_prototypes_epochs`. Initialisation follows the original
+(BN scales 1: config.model.zero_init_residual = "none"; PyTorch's Linear init in the
+head): LARC steps a zero-norm tensor by its raw gradient, so tensors that start at 0 here
+but not there would train very differently.
 """
 import functools
 from typing import Any

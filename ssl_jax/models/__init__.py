@@ -18,10 +18,10 @@ def backbone(model_config, dtype, axis_name=None, image_size: int = 224):
     return vit.ViT(width=int(m.width), depth=m.depth, num_heads=m.num_heads,
                    patch_size=m.patch_size, image_size=image_size, pos_embed=m.pos_embed,
                    drop_path=m.drop_path, frozen_patch_embed=m.frozen_patch_embed,
-                   init=m.vit_init, dtype=dtype)
+                   init_scheme=m.vit_init, dtype=dtype)
   m = model_config
   return resnet.resnet(m.depth, width=m.width, cifar_stem=m.cifar_stem, sk_ratio=m.sk_ratio,
                        dtype=dtype, axis_name=axis_name,
                        projection_shortcut=m.projection_shortcut,
-                       zero_init_residual=m.zero_init_residual, init=m.init,
+                       zero_init_residual=m.zero_init_residual, init_scheme=m.init,
                        stem_width=m.stem_width)

@@ -1,4 +1,4 @@
-"""Projection heads. `init` names the Linear layers' initialiser (`inits.dense`)."""
+"""Projection heads. `init_scheme` names the Linear layers' initialiser (`inits.dense`)."""
 from typing import Any
 
 import flax.linen as nn
@@ -23,7 +23,7 @@ class ProjectionHead(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   out_scale: bool = True            # SimSiam's output BN has no affine parameters at all
-  init: str = "flax"
+  init_scheme: str = "flax"
 
   @nn.compact
   def __call__(self, h, train: bool = True):
@@ -32,7 +32,7 @@ class ProjectionHead(nn.Module):
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
       h = nn.Dense(self.out_dim if last else hidden, use_bias=False, dtype=self.dtype,
-                   param_dtype=jnp.float32, **inits.dense(self.init, h.shape[-1]))(h)
+                   param_dtype=jnp.float32, **inits.dense(self.init_scheme, h.shape[-1]))(h)
       h = batch_norm(train, self.axis_name, self.dtype, use_bias=not last,
                      use_scale=self.out_scale or not last)(h)
       if not last:
@@ -54,19 +54,19 @@ class MLPHead(nn.Module):
   out_bias: bool = True
   dtype: Any = jnp.float32
   axis_name: str | None = None
-  init: str = "flax"
+  init_scheme: str = "flax"
   hidden_bias: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     for width in self.hidden_dims:
       x = nn.Dense(width, use_bias=self.hidden_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                   **inits.dense(self.init, x.shape[-1]))(x)
+                   **inits.dense(self.init_scheme, x.shape[-1]))(x)
       if self.hidden_bn:
         x = batch_norm(train, self.axis_name, self.dtype)(x)
       x = nn.relu(x)
     x = nn.Dense(self.out_dim, use_bias=self.out_bias, dtype=self.dtype,
-                 param_dtype=jnp.float32, **inits.dense(self.init, x.shape[-1]))(x)
+                 param_dtype=jnp.float32, **inits.dense(self.init_scheme, x.shape[-1]))(x)
     return x.astype(jnp.float32)
 
 

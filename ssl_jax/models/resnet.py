@@ -14,7 +14,7 @@ What differs between the originals' ResNets is a field, set per method by its co
   stage, stage 1 included) [simclr tf2/resnet.py:490-521; byol utils/networks.py:64].
   With selective kernels (sk_ratio > 0) the projection is SimCLR v2's ResNet-D one: a 2x2
   average pool of the block's stride, then a stride-1 1x1 conv [tf2/resnet.py:329-352].
-- `init`: the conv kernels' initialiser, `inits.CONV` ("torchvision", "pytorch",
+- `init_scheme`: the conv kernels' initialiser, `inits.CONV` ("torchvision", "pytorch",
   "tf_simclr", "haiku").
 """
 import functools
@@ -44,14 +44,14 @@ class Conv(nn.Module):
   kernel: int = 3
   stride: int = 1
   dtype: Any = jnp.float32
-  init: str = "torchvision"        # a key of inits.CONV
+  init_scheme: str = "torchvision"   # a key of inits.CONV
 
   @nn.compact
   def __call__(self, x):
     pad = (self.kernel - 1) // 2
     return nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
                    padding=((pad, pad), (pad, pad)), use_bias=False,
-                   kernel_init=inits.CONV[self.init],
+                   kernel_init=inits.CONV[self.init_scheme],
                    dtype=self.dtype, param_dtype=jnp.float32)(x)
 
 
@@ -151,7 +151,7 @@ class ResNet(nn.Module):
   norm: str = "batch"          # "layer": LayerNorm, no batch statistics (CPC v2)
   projection_shortcut: str = "when_needed"   # or "always"
   zero_init_residual: str = "all"            # or "bottleneck", "none"
-  init: str = "torchvision"                  # conv kernels: a key of inits.CONV
+  init_scheme: str = "torchvision"           # conv kernels: a key of inits.CONV
   stem_width: int = 0                        # stem channels; 0 = 64 x width
 
   @property
@@ -166,7 +166,7 @@ class ResNet(nn.Module):
       norm = functools.partial(layer_norm, self.dtype)
     else:
       norm = functools.partial(batch_norm, train, self.axis_name, self.dtype)
-    conv = functools.partial(Conv, dtype=self.dtype, init=self.init)
+    conv = functools.partial(Conv, dtype=self.dtype, init_scheme=self.init_scheme)
     x = x.astype(self.dtype)
     stem = self.stem_width or int(64 * self.width)
     if self.cifar_stem:          # 3x3 stride 1, no max-pool, for 32 px images

@@ -7,11 +7,12 @@ accelerators) with the attention softmax in float32; parameters stay float32.
 
 Inputs of another size than `image_size` (the size the model is built for) work: the
 sin-cos embedding is recomputed for the new patch grid, a learned one is resized as DINO's
-`interpolate_pos_encoding` (`resize_grid_embedding`). `frozen_patch_embed` is MoCo v3's `--stop-grad-conv1`: the random patch
-projection gets no gradient, and its module name starts with "frozen_", which
-`optim.make_optimizer` excludes from every update (weight decay included).
+`interpolate_pos_encoding` (`resize_grid_embedding`). `frozen_patch_embed` is MoCo v3's
+`--stop-grad-conv1`: the random patch projection gets no gradient, and its module name
+starts with "frozen_", which `optim.make_optimizer` excludes from every update (weight
+decay included).
 
-`init` is the original's initialisation:
+`init_scheme` is the original's initialisation:
 - "moco_v3" [facebookresearch/moco-v3 vits.py]: Xavier-uniform Linear layers (qkv with Q, K
   and V counted separately) and patch projection, zero biases, class token N(0, 1e-6).
 - "dino" [facebookresearch/dino vision_transformer.py:146-172, utils.py:512-550]: Linear
@@ -92,13 +93,13 @@ class PatchEmbed(nn.Module):
   width: int
   frozen: bool = False
   dtype: Any = jnp.float32
-  init: str = "moco_v3"
+  init_scheme: str = "moco_v3"
 
   @nn.compact
   def __call__(self, x):
     p = self.patch_size
     n, height, width, channels = x.shape
-    if self.init == "dino":   # PyTorch's Conv2d default
+    if self.init_scheme == "dino":   # PyTorch's Conv2d default
       init = inits.pytorch_linear(p * p * channels)
       kernel_init, bias_init = init["kernel_init"], init["bias_init"]
     else:                     # Xavier-uniform over the flattened (p*p*C, D) matrix
@@ -117,18 +118,18 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
   num_heads: int
   dtype: Any = jnp.float32
-  init: str = "moco_v3"
+  init_scheme: str = "moco_v3"
 
   @nn.compact
   def __call__(self, x):
     n, tokens, width = x.shape
     head_dim = width // self.num_heads
-    qkv = dense(3 * width, "qkv", self.init, self.dtype, qkv_init)(x)
+    qkv = dense(3 * width, "qkv", self.init_scheme, self.dtype, qkv_init)(x)
     q, k, v = jnp.split(qkv.reshape(n, tokens, 3 * self.num_heads, head_dim), 3, axis=2)
     logits = jnp.einsum("nqhd,nkhd->nhqk", q * head_dim**-0.5, k)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
     out = jnp.einsum("nhqk,nkhd->nqhd", weights, v).reshape(n, tokens, width)
-    return dense(width, "proj", self.init, self.dtype)(out)
+    return dense(width, "proj", self.init_scheme, self.dtype)(out)
 
 
 class DropPath(nn.Module):
@@ -149,16 +150,17 @@ class Block(nn.Module):
   mlp_ratio: float = 4.0
   drop_path: float = 0.0
   dtype: Any = jnp.float32
-  init: str = "moco_v3"
+  init_scheme: str = "moco_v3"
 
   @nn.compact
   def __call__(self, x, train: bool):
     norm = lambda name: nn.LayerNorm(LN_EPS, dtype=self.dtype, param_dtype=jnp.float32,
                                      name=name)
-    attention = Attention(self.num_heads, self.dtype, self.init)
+    attention = Attention(self.num_heads, self.dtype, self.init_scheme)
     x = x + DropPath(self.drop_path)(attention(norm("norm1")(x)), train)
-    y = dense(int(x.shape[-1] * self.mlp_ratio), "fc1", self.init, self.dtype)(norm("norm2")(x))
-    y = dense(x.shape[-1], "fc2", self.init, self.dtype)(nn.gelu(y, approximate=False))
+    hidden = int(x.shape[-1] * self.mlp_ratio)
+    y = dense(hidden, "fc1", self.init_scheme, self.dtype)(norm("norm2")(x))
+    y = dense(x.shape[-1], "fc2", self.init_scheme, self.dtype)(nn.gelu(y, approximate=False))
     return x + DropPath(self.drop_path)(y, train)
 
 
@@ -173,7 +175,7 @@ class ViT(nn.Module):
   pos_embed: str = "sincos"       # "sincos" (fixed, MoCo v3) or "learned"
   drop_path: float = 0.0          # rate of the last block; linear from 0 over depth
   frozen_patch_embed: bool = False
-  init: str = "moco_v3"           # or "dino" (see the module docstring)
+  init_scheme: str = "moco_v3"    # or "dino" (see the module docstring)
   dtype: Any = jnp.float32
 
   @property
@@ -186,7 +188,8 @@ class ViT(nn.Module):
       patches = jnp.asarray(sincos_2d(*grid, self.width))
       return jnp.concatenate([jnp.zeros((1, self.width)), patches])[None]
     built = self.image_size // self.patch_size
-    pos_init = dino_normal if self.init == "dino" else nn.initializers.truncated_normal(0.02)
+    dino = self.init_scheme == "dino"
+    pos_init = dino_normal if dino else nn.initializers.truncated_normal(0.02)
     table = self.param("pos_embed", pos_init,
                        (1, 1 + built * built, self.width), jnp.float32)
     patches = resize_grid_embedding(table[0, 1:], (built, built), grid)
@@ -198,15 +201,15 @@ class ViT(nn.Module):
     grid = (height // self.patch_size, width // self.patch_size)
     name = (FROZEN_PREFIX if self.frozen_patch_embed else "") + "patch_embed"
     tokens = PatchEmbed(self.patch_size, self.width, self.frozen_patch_embed, self.dtype,
-                        self.init, name=name)(x)
-    cls_init = dino_normal if self.init == "dino" else nn.initializers.normal(1e-6)
+                        self.init_scheme, name=name)(x)
+    cls_init = dino_normal if self.init_scheme == "dino" else nn.initializers.normal(1e-6)
     cls = self.param("cls_token", cls_init, (1, 1, self.width), jnp.float32)
     tokens = jnp.concatenate([jnp.broadcast_to(cls, (n, 1, self.width)).astype(self.dtype),
                               tokens], axis=1)
     tokens = tokens + self.position_embedding(grid).astype(self.dtype)
     for i, rate in enumerate(np.linspace(0.0, self.drop_path, self.depth)):
-      tokens = Block(self.num_heads, self.mlp_ratio, float(rate), self.dtype, self.init,
-                     name=f"block{i}")(tokens, train)
+      tokens = Block(self.num_heads, self.mlp_ratio, float(rate), self.dtype,
+                     self.init_scheme, name=f"block{i}")(tokens, train)
     tokens = nn.LayerNorm(LN_EPS, dtype=self.dtype, param_dtype=jnp.float32,
                           name="norm")(tokens)
     return tokens[:, 0].astype(jnp.float32)
