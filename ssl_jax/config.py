@@ -175,8 +175,9 @@ def _validate_vit(config):
   _check(m.width == int(m.width) and m.width % m.num_heads == 0,
          f"config.model.width={m.width} (the ViT width) is not divisible by "
          f"config.model.num_heads={m.num_heads}; use a multiple of the head count")
-  _check(m.vit_init in ("moco_v3", "dino"), f"config.model.vit_init={m.vit_init!r} is "
-         "unknown; use 'moco_v3' or 'dino'")
+  from ssl_jax.models import vit  # pylint: disable=import-outside-toplevel
+  _check(m.vit_init in vit.INITS, f"config.model.vit_init={m.vit_init!r} is unknown; use "
+         f"one of {vit.INITS}")
   _check(m.pos_embed in ("sincos", "learned"), f"config.model.pos_embed={m.pos_embed!r} is "
          "unknown; use 'sincos' or 'learned'")
   _check(m.pos_embed != "sincos" or m.width % 4 == 0, f"config.model.width={m.width} is not "
