@@ -28,8 +28,17 @@ bicubically without antialiasing (tf.image.resize), tf.image colour maths
 (utils/augmentations.py:239-282), blur sigma drawn per image.
 
 Deviations: the online linear classifier trained beside BYOL is not included (evaluation
-is the kNN monitor); the ResNet's last BN of each block starts at zero (the README's results
-used one); Dense layers use Flax's default init.
+is the kNN monitor).
+
+Architecture and init, as the code (Haiku) in every variant but cifar10: a projection
+shortcut in block 0 of every stage, stage 1 included (ResNetTorso's use_projection, byol
+utils/networks.py:64, 114-125); the last BN scale at zero in bottleneck blocks only
+(Haiku's BlockV1; the README says the paper's results used 1 everywhere: set
+model.zero_init_residual="none"); convs, projector and predictor truncated normal
+1/sqrt(fan_in) cut at +-2 sd without rescaling, biases 0 (model.init="haiku"). cifar10
+instead builds lightly's benchmark ResNet-18 (config.use_lightly_resnet: projection only
+where the shape changes, no zero-init, PyTorch's init in backbone and heads), the backbone
+of the CIFAR-10 table ours is read beside.
 
 Evaluation: the quoted 74.3% is BYOL's linear protocol, which `--protocol=linear` runs
 (configs/eval.py per METHODS.md 10.3, lines not re-read): 80 epochs, Nesterov SGD 0.9, lr
@@ -76,6 +85,7 @@ def get_config(arg=None):
   c.batch_size = 4096
   c.num_epochs = 1000
   c.model.update(depth=50, width=1.0, cifar_stem=False)
+  c.model.update(projection_shortcut="always", zero_init_residual="bottleneck", init="haiku")
   c.head.update(num_layers=2, hidden_dim=4096, out_dim=256)    # the projector
   c.optimizer.update(name="lars_byol", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6,
                      momentum=0.9, trust_coefficient=1e-3, warmup_epochs=10, schedule="cosine")
@@ -89,7 +99,8 @@ def get_config(arg=None):
       base_momentum=0.996, predictor_hidden_dim=4096, color_jitter=(0.4, 0.4, 0.2, 0.1),
       blur_probs=(1.0, 0.1), solarize_probs=(0.0, 0.2)))
   return config_lib.variant(c, arg, {
-      "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
+      "cifar10": lambda c: cifar_recipe(config_lib.use_lightly_resnet(
+          config_lib.use_cifar10(c))),
       "quickstart": lambda c: quickstart_recipe(config_lib.use_quickstart(c)),
       "smoke": lambda c: smoke_recipe(config_lib.use_smoke(c)),
   })

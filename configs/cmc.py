@@ -26,9 +26,12 @@ Variants, `--config=configs/cmc.py:<variant>`:
               random init); softmax has no such fixed point.
   smoke       A seconds-long CPU run for tests (K = 64).
 
-Deviations: BN over the global batch (the original: per GPU under DataParallel); the
-ResNet's last BN of each block starts at zero; bilinear crops are resized before the Lab
-conversion as float RGB (the original resizes uint8 with PIL); the NCE has no eps (see
+Architecture [CMC models/resnet.py:110-134]: the stem conv and its BN keep 64 channels
+whatever the width (model.stem_width = 64), only the residual stages scale; convs normal
+with std sqrt(2 / (k^2 C_out)) (torchvision's fan_out), every BN scale 1 (no zero-init).
+
+Deviations: BN over the global batch (the original: per GPU under DataParallel); bilinear
+crops are resized before the Lab conversion as float RGB (the original resizes uint8 with PIL); the NCE has no eps (see
 ssl_jax/memory_bank.py); kNN on the concatenated backbone features of both encoders.
 
 Evaluation: the quoted 64.1% is CMC's linear protocol on the concatenated backbone
@@ -78,6 +81,8 @@ def get_config(arg=None):
   c.batch_size = 128
   c.num_epochs = 240
   c.model.update(depth=50, width=0.5, cifar_stem=False)      # each view's encoder
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="none",
+                 init="torchvision", stem_width=64)
   c.head.update(num_layers=1, hidden_dim=0, out_dim=128)
   c.loss.temperature = 0.07
   c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="none", weight_decay=1e-4,

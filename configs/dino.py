@@ -61,13 +61,17 @@ op to uint8.
 Deviations from the original: photometric augmentation runs on the device with the
 library's ops (SimCLR-style blur whose kernel is 10% of the crop instead of PIL's
 GaussianBlur, solarize at 0.5); ImageNet mean/std normalisation happens inside the network;
-the ViT's
-linear layers keep the library's Xavier init (DINO: truncated normal 0.02), its learned
-position embedding is resized bicubically for 96 px crops (DINO adds 0.1 to the scale
-factor); mixed precision is bfloat16 (the original: fp16). The kNN monitor and the evaluation CLI
-read the teacher's backbone, as the original; the online probe (ours) learns from the
-student's. With SGD (resnet50) the frozen last layer still gets weight decay in epoch 0,
-which norm_last_layer makes moot.
+mixed precision is bfloat16 (the original: fp16), but the head's weight-normalised last layer
+and the logits are float32. As the original: the ViT's init (model.vit_init = "dino":
+Linear layers, class token and position embedding N(0, 0.02), the patch embedding
+PyTorch's Conv2d default) [vision_transformer.py:126, 146-172]; the position embedding
+resized for other crop sizes as interpolate_pos_encoding (bicubic a = -0.75, scale factor
+with the +0.1, no antialiasing) [vision_transformer.py:174-194]; the ResNet variants are
+torchvision's resnet50() with its defaults (zero_init_residual=False, every BN scale 1)
+[main_dino.py:175-178] (lightly's CIFAR ResNet-18 has no zero-init either). The kNN
+monitor and the evaluation CLI read the teacher's backbone, as the original; the online
+probe (ours) learns from the student's. With SGD (resnet50) the frozen last layer still
+gets weight decay in epoch 0, which norm_last_layer makes moot.
 
 Evaluation (the quoted figures' protocols, facebookresearch/dino @ 7c446df): k-NN on the
 teacher's L2-normalised backbone features, 20-NN at T = 0.07 (eval_knn.py:194-196; the
@@ -188,6 +192,8 @@ def get_config(arg=None):
   c.batch_size = 1024
   c.num_epochs = 300
   vit_model(c, width=384, patch_size=16)
+  c.model.update(vit_init="dino", projection_shortcut="when_needed", zero_init_residual="none",
+                 init="torchvision")
   c.head.update(num_layers=3, hidden_dim=2048, out_dim=65536)
   c.head.bottleneck_dim = 256
   c.head.use_bn = False

@@ -29,8 +29,8 @@ to uint8.
 Deviations: ImageNet mean/std input normalisation in every variant (the CIFAR original
 uses CIFAR's); at ImageNet scale grayscale comes after the colour jitter (main.py greys
 first; cifar.py jitters first, as here, and has no flip, cifar.py:54: the CIFAR variants
-set augment.flip=False); BN over the global batch; the ResNet's last BN of each block starts
-at zero; the NCE has no eps (see ssl_jax/memory_bank.py); backbone features for kNN.
+set augment.flip=False); BN over the global batch; the NCE has no eps (see
+ssl_jax/memory_bank.py); backbone features for kNN.
 
 Evaluation (zhirongw/lemniscate.pytorch, test.py: weighted kNN, k = 200, sigma = tau): the
 ImageNet default scores the test embeddings against the memory bank itself
@@ -83,6 +83,8 @@ def get_config(arg=None):
   c.batch_size = 256
   c.num_epochs = 200
   c.model.update(depth=50, width=1.0, cifar_stem=False)
+  # lemniscate models/resnet.py and resnet_cifar.py: every BN scale starts at 1
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="none")
   c.head.update(num_layers=1, hidden_dim=0, out_dim=128)     # Linear(2048 -> 128)
   c.loss.temperature = 0.07
   c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="none", weight_decay=1e-4,

@@ -23,8 +23,9 @@ toward the grey mean, saturation a blend with grey, multiplicative brightness),
 RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
 (demo_seen.py:85-92); the device keeps float values where PIL rounds each op to uint8.
 
-Deviations: ImageNet mean/std input normalisation (the original uses CIFAR's); the
-ResNet's last BN of each block starts at zero (the library's ResNet); BN batches are
+Deviations: ImageNet mean/std input normalisation (the original uses CIFAR's); convs use
+torchvision's kaiming fan_out init (models/resnet_cifar.py keeps PyTorch's default; its BN
+scales start at 1, as here: model.zero_init_residual = "none"); BN batches are
 per view and global over devices (the original: 4 DataParallel chunks of 64, one view
 each); the kNN monitor uses the 512-d backbone features (the original's kNN uses the
 128-d embedding).
@@ -65,6 +66,7 @@ def get_config(arg=None):
   c.batch_size = 128
   c.num_epochs = 301
   c.model.update(depth=18, width=1.0, cifar_stem=True)
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="none")
   c.head.update(num_layers=1, hidden_dim=0, out_dim=128)     # Linear(512 -> 128)
   c.loss.temperature = 0.1
   c.optimizer.update(name="sgd", base_lr=0.06, lr_scaling="linear", weight_decay=5e-4,

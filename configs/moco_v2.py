@@ -26,8 +26,11 @@ toward the grey mean, saturation a blend with grey, multiplicative brightness),
 RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
 (main_moco.py); the device keeps float values where PIL rounds each op to uint8.
 
-Deviations: input normalised with ImageNet mean/std in every variant; the ResNet's last BN
-of each block starts at zero (the library's ResNet; torchvision's starts at one); BN
+Architecture: torchvision's ResNet as main_moco.py builds it (models.__dict__[arch](), so
+zero_init_residual=False: every BN scale starts at 1; kaiming fan_out convs; projection
+shortcuts only where the shape changes).
+
+Deviations: input normalised with ImageNet mean/std in every variant; BN
 running statistics are averaged over devices/groups (the original keeps rank 0's); the blur
 is the TF kernel (10% of the side) with sigma U(0.1, 2), not PIL's GaussianBlur radius.
 
@@ -82,6 +85,7 @@ def get_config(arg=None):
   c.batch_size = 256
   c.num_epochs = 200
   c.model.update(depth=50, width=1.0, cifar_stem=False)
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="none", init="torchvision")
   c.head.update(num_layers=2, hidden_dim=0, out_dim=128)    # hidden = backbone width
   c.loss.temperature = 0.2
   c.optimizer.update(name="sgd", base_lr=0.03, lr_scaling="linear", weight_decay=1e-4,

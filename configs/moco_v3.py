@@ -40,7 +40,10 @@ Deviations from the original: photometric augmentation runs on the device with t
 library's ops (SimCLR-style blur whose kernel is 10% of the crop instead of PIL's
 GaussianBlur, solarize at 0.5 instead of 128/255); ImageNet
 mean/std normalisation happens inside the network; the sin-cos position embedding is a
-constant, not a frozen parameter. Mixed precision is bfloat16 (the original: fp16 AMP).
+constant, not a frozen parameter. Inits as the original: the ViT's own (model.vit_init =
+"moco_v3": Xavier-uniform, qkv split in three, class token N(0, 1e-6)); the ResNet
+variants' torchvision ResNet-50 with zero_init_residual=True [main_moco.py]. Mixed
+precision is bfloat16 (the original: fp16 AMP).
 
 Evaluation: the quoted linear figures use MoCo v3's protocol, which `--protocol=linear`
 runs (facebookresearch/moco-v3 @ c349e6e main_lincls.py:49-62, 168, 196, 501;
@@ -59,7 +62,7 @@ from ssl_jax import config as config_lib
 def vit_model(c, width, patch_size, num_heads=12, depth=12):
   c.model.update(name="vit", width=width, depth=depth, num_heads=num_heads,
                  patch_size=patch_size, pos_embed="sincos", drop_path=0.0,
-                 frozen_patch_embed=True)
+                 frozen_patch_embed=True, vit_init="moco_v3")
 
 
 def vit_recipe(c):
@@ -137,6 +140,8 @@ def get_config(arg=None):
   c.batch_size = 4096
   c.num_epochs = 300
   vit_model(c, width=384, patch_size=16)
+  # ResNet variants: torchvision's resnet50(zero_init_residual=True) (main_moco.py)
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="all", init="torchvision")
   c.predictor = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=4096, last_bn=True))
   c.momentum = ml_collections.ConfigDict(dict(base=0.99, final=1.0))   # cosine per step
   c.optimizer.decay_all = False

@@ -33,6 +33,15 @@ validation split with the central 0.875 crop (Resize(256) + CenterCrop(224);
 config_lib.imagenet_eval), CIFAR ones on the test split at 32 px, whole image, with
 lightly's kNN (backbone features, k 200, T 0.1), which experiments/RESULTS.md's
 measurements use.
+
+Architecture, as tf2/resnet.py in every variant but cifar10: a projection shortcut (1x1 conv
++ BN) in block 0 of every stage, stage 1 included (BlockGroup's use_projection=True,
+tf2/resnet.py:490-521), with SK the ResNet-D shortcut (2x2 average pool of the block's
+stride, then a stride-1 projection, :329-352); the last BN of every block starts at zero
+(:366, 467); convs VarianceScaling() (scale 1, fan_in, truncated normal, :202) and head
+layers N(0, 0.01) (tf2/model.py:143-146). cifar10 instead builds lightly's benchmark
+ResNet-18 (config.use_lightly_resnet: projection only where the shape changes, no zero-init,
+PyTorch's init in backbone and head), the backbone of the CIFAR-10 table ours is read beside.
 """
 from ssl_jax import config as config_lib
 
@@ -63,6 +72,7 @@ def get_config(arg=None):
   c.batch_size = 4096
   c.num_epochs = 800
   c.model.update(depth=50, width=1.0, cifar_stem=False, sk_ratio=0.0)
+  c.model.update(projection_shortcut="always", zero_init_residual="all", init="tf_simclr")
   c.head.update(num_layers=3, hidden_dim=0, out_dim=128, finetune_layer=1)
   c.loss.temperature = 0.1
   c.optimizer.update(name="lars", base_lr=0.075, lr_scaling="sqrt", weight_decay=1e-4,
@@ -74,7 +84,8 @@ def get_config(arg=None):
   c.augment.update(color_impl="tf", crop_sampler="tf", resize_method="bicubic",
                    antialias=False, blur_per_batch=True)
   return config_lib.variant(c, arg, {
-      "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
+      "cifar10": lambda c: cifar_recipe(config_lib.use_lightly_resnet(
+          config_lib.use_cifar10(c))),
       "quickstart": lambda c: quickstart_recipe(cifar_recipe(config_lib.use_quickstart(c))),
       "smoke": lambda c: cifar_recipe(config_lib.use_smoke(c)),
   })

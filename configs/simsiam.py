@@ -23,6 +23,10 @@ toward the grey mean, saturation a blend with grey, multiplicative brightness),
 RandomResizedCrop resized bilinearly by PIL, which antialiases when it shrinks
 (main_simsiam.py); the device keeps float values where PIL rounds each op to uint8.
 
+Architecture: torchvision's ResNet with zero_init_residual=True (builder.py:24) and kaiming
+fan_out convs; every head Linear keeps PyTorch's default init, U(+-1/sqrt(fan_in)) for
+weight and bias (builder.py:24-42), the predictor's hidden Linear without bias.
+
 Deviations: ImageNet mean/std normalisation in every variant; blur is the TF-style kernel
 (10% of the side) rather than PIL's radius; the projector's last Linear has no bias (the
 original's is frozen, and the non-affine BN after it removes any bias anyway).
@@ -67,6 +71,7 @@ def get_config(arg=None):
   c.batch_size = 512
   c.num_epochs = 100
   c.model.update(depth=50, width=1.0, cifar_stem=False)
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="all", init="torchvision")
   c.head.update(num_layers=3, hidden_dim=2048, out_dim=2048)     # the projector
   c.optimizer.update(name="sgd", base_lr=0.05, lr_scaling="linear", weight_decay=1e-4,
                      momentum=0.9, warmup_epochs=0, schedule="cosine_epochs")

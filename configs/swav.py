@@ -43,9 +43,10 @@ not in groups of 8 GPUs (apex's syncbn_process_group_size); the blur is the TF k
 of the side) with sigma U(0.1, 2), not PIL's GaussianBlur radius; the queue is one global
 queue in the replicated state, each device Sinkhorn-ing its slice (the same set of rows as
 the original's per-GPU queues, so the same codes); queue_length must be a multiple of the
-global batch (the original silently rounds it down). As the original, and unlike the
-library's other methods, every BN scale starts at 1 and the head's Linear layers use
-PyTorch's default init (non-zero biases), which matters under LARC (see methods/swav.py).
+global batch (the original silently rounds it down). As the original, every BN scale
+starts at 1 (src/resnet50.py's zero_init_residual=False, which main_swav.py leaves) and the
+head's Linear layers use PyTorch's default init (non-zero biases), which matters under LARC
+(see methods/swav.py).
 
 Evaluation: the quoted linear figures use SwAV's protocol, which `--protocol=linear` runs
 (facebookresearch/swav @ 06b1b7c eval_linear.py:62-69, 250): SGD momentum 0.9 (no
@@ -103,6 +104,7 @@ def get_config(arg=None):
   c.batch_size = 4096
   c.num_epochs = 800
   c.model.update(depth=50, width=1.0, cifar_stem=False)
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="none", init="torchvision")
   c.head.update(num_layers=2, hidden_dim=2048, out_dim=128)
   c.loss.temperature = 0.1
   c.optimizer.update(name="larc", base_lr=4.8, lr_scaling="none", final_lr=0.0048,

@@ -45,7 +45,13 @@ def base_config() -> ml_collections.ConfigDict:
       frozen_patch_embed=False,
       # ResNet shortcuts: "when_needed" (torchvision: a projection only where the shape
       # changes) or "always" (SimCLR's TF ResNet, BYOL's Haiku ResNet: block 0 of every stage)
-      projection_shortcut="when_needed"))
+      projection_shortcut="when_needed",
+      # Initialisation, per original (models/resnet.py, models/inits.py, models/vit.py):
+      # blocks whose last BN scale starts at 0 ("all", "bottleneck": Haiku's, "none":
+      # torchvision's default); conv init "torchvision" (kaiming fan_out), "pytorch"
+      # (nn.Conv2d's default), "tf_simclr" (TF VarianceScaling) or "haiku"; ViT init
+      # "moco_v3" or "dino"; stem channels (0 = 64 x width; CMC keeps 64).
+      zero_init_residual="all", init="torchvision", vit_init="moco_v3", stem_width=0))
   # finetune_layer: the head layer fine-tuning starts from (0 = backbone output).
   c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=0, out_dim=128,
                                           finetune_layer=0))
@@ -302,6 +308,7 @@ def validate(config, device_count: int | None = None):
            f"a ResNet depth; use one of {sorted(DEPTHS)}")
     _check(config.model.width * 64 >= 1, f"config.model.width={config.model.width} leaves "
            "no channels; use >= 1/64")
+    _validate_resnet(config.model)
   elif config.model.name == "vit":
     _validate_vit(config)
   else:
@@ -364,6 +371,16 @@ def _validate_eval(config, method):
            f"{config.model.depth}, and one block with avgpool (DINO's ViT-B: 1 / True)")
 
 
+def _validate_resnet(m):
+  from ssl_jax.models import inits, resnet  # pylint: disable=import-outside-toplevel
+  for field, allowed in (("projection_shortcut", resnet.SHORTCUTS),
+                         ("zero_init_residual", resnet.ZERO_INIT), ("init", inits.CONV_SCHEMES)):
+    _check(m[field] in allowed, f"config.model.{field}={m[field]!r} is unknown; use one of "
+           f"{allowed}")
+  _check(m.stem_width >= 0, f"config.model.stem_width={m.stem_width} must be >= 0 (0 = 64 x "
+         "width)")
+
+
 def _validate_vit(config):
   m = config.model
   _check(config.image_size % m.patch_size == 0, f"config.image_size={config.image_size} is "
@@ -371,6 +388,9 @@ def _validate_vit(config):
   _check(m.width == int(m.width) and m.width % m.num_heads == 0,
          f"config.model.width={m.width} (the ViT width) is not divisible by "
          f"config.model.num_heads={m.num_heads}; use a multiple of the head count")
+  from ssl_jax.models import vit  # pylint: disable=import-outside-toplevel
+  _check(m.vit_init in vit.INITS, f"config.model.vit_init={m.vit_init!r} is unknown; use "
+         f"one of {vit.INITS}")
   _check(m.pos_embed in ("sincos", "learned"), f"config.model.pos_embed={m.pos_embed!r} is "
          "unknown; use 'sincos' or 'learned'")
   _check(m.pos_embed != "sincos" or m.width % 4 == 0, f"config.model.width={m.width} is not "
@@ -410,6 +430,15 @@ def cifar_eval(c):
   method's CIFAR recipe sets its original's kNN after this where it has one."""
   c.eval_split = "test"
   c.eval.update(crop_proportion=1.0, features="backbone", knn_k=200, knn_temperature=0.1)
+  return c
+
+
+def use_lightly_resnet(c):
+  """lightly's ResNetGenerator, the backbone of its CIFAR-10 benchmark (METHODS.md §16.1):
+  a projection shortcut only where the shape changes, every BN scale at 1 and PyTorch's
+  default conv init [lightly-ai/lightly lightly/models/resnet.py]. (Its stem also has no
+  ReLU, which this ResNet keeps.)"""
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="none", init="pytorch")
   return c
 
 

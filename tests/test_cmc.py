@@ -143,6 +143,22 @@ def test_8_devices_equal_1_device(runs):
 
 # --------------------------------------------------------------- configs and CLI
 
+def test_stem_keeps_64_channels_whatever_the_width():
+  """CMC models/resnet.py:110-126: conv1 and bn1 have 64 channels; with width 0.5 the first
+  stage takes them into 32-plane bottlenecks (64 -> 32 -> 128)."""
+  config = load("cmc").get_config()      # ResNet-50 of width 0.5 per view, shapes only
+  params = jax.eval_shape(lambda: cmc.network(config).init(
+      jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=True))["params"]
+  for encoder, channels in (("l_encoder", 1), ("ab_encoder", 2)):
+    backbone = params[encoder]["backbone"]
+    assert backbone["Conv_0"]["Conv_0"]["kernel"].shape == (7, 7, channels, 64)
+    assert backbone["BatchNorm_0"]["scale"].shape == (64,)
+    block = backbone["Block_0"]
+    assert block["Conv_0"]["Conv_0"]["kernel"].shape == (1, 1, 64, 128)   # projection
+    assert block["Conv_1"]["Conv_0"]["kernel"].shape == (1, 1, 64, 32)
+    assert backbone["Block_15"]["last_bn"]["scale"].shape == (1024,)
+
+
 def test_paper_settings():
   c = load("cmc").get_config()
   assert (c.cmc.objective, c.cmc.num_negatives, c.cmc.memory_momentum) == ("nce", 16384, 0.5)

@@ -171,6 +171,23 @@ def test_head_outputs_cosines_with_unit_prototypes():
   np.testing.assert_array_equal(scale, np.ones((1, 16)))
 
 
+def test_last_layer_runs_in_float32_under_bfloat16():
+  """At teacher temperature 0.04 a bfloat16 cosine's rounding moves logits by ~0.05: the
+  weight-normalised last layer runs in float32 whatever the compute dtype (as SwAV's
+  scores), so it equals the float32 product of its (bfloat16-computed) input."""
+  head = DINOHead(out_dim=1024, hidden_dim=64, bottleneck_dim=256, num_layers=2,
+                  dtype=jnp.bfloat16)
+  x = jax.random.normal(jax.random.key(0), (4, 32))
+  variables = head.init(jax.random.key(1), x)
+  out, state = head.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  bottleneck = np.asarray(state["intermediates"]["Dense_1"]["__call__"][0], np.float64)
+  bottleneck /= np.linalg.norm(bottleneck, axis=-1, keepdims=True)
+  v = np.asarray(variables["params"]["last_layer"]["kernel"], np.float64)
+  expected = bottleneck @ (v / np.linalg.norm(v, axis=0, keepdims=True))
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_views_of_the_original():
   config = dino_config.get_config()
   views = dino.views(config)

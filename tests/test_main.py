@@ -19,16 +19,18 @@ def run_cli(*args, timeout=600, unset=()):
                         capture_output=True, text=True, timeout=timeout)
 
 
-def smoke_run(name, workdir, *args):
+def smoke_run(name, workdir, *args, positive_loss=True):
   """`configs/<name>.py:smoke` through the CLI (plots off unless `args` say otherwise):
-  asserts a clean run of 3 finite, positive losses and a kNN result; returns the metrics."""
+  asserts a clean run of 3 finite losses, positive unless `positive_loss` is False (a
+  negative cosine starts near 0, either side), and a kNN result; returns the metrics."""
   proc = run_cli(f"--config=configs/{name}.py:smoke", f"--workdir={workdir}",
                  "--config.eval.plots=False", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "step 3/3" in proc.stdout and "kNN top-1" in proc.stdout
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines[:3]] == [1, 2, 3]
-  assert all(math.isfinite(l["loss"]) and l["loss"] > 0 for l in lines[:3])
+  assert all(math.isfinite(l["loss"]) and (l["loss"] > 0 or not positive_loss)
+             for l in lines[:3])
   result = json.loads((workdir / "eval.json").read_text())
   assert 0.0 < result["knn_top1"] <= 1.0 and 0.0 < result["knn_top1_random_init"] <= 1.0
   return lines

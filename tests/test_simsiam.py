@@ -43,6 +43,29 @@ def test_heads_follow_the_original():
   predictor = variables["params"]["predictor"]
   shapes = sorted(leaf.shape for leaf in jax.tree.leaves(predictor))
   assert (2048, 512) in shapes and (512, 2048) in shapes and (2048,) in shapes  # output bias
+  assert set(predictor["Dense_0"]) == {"kernel"}   # the hidden Linear has no bias (:39-42)
+  assert set(predictor["Dense_1"]) == {"kernel", "bias"}
+
+
+def test_heads_keep_pytorchs_linear_init():
+  """Every head Linear: weight and bias U(+-1/sqrt(fan_in)), so the weight's std is
+  1/sqrt(3 fan_in) (Flax's default would be 1/sqrt(fan_in)) [builder.py:24-42]."""
+  config = load("simsiam").get_config("smoke")
+  config.head.update(hidden_dim=1024, out_dim=512)
+  config.simsiam.predictor_hidden_dim = 256
+  net = simsiam.network(config)
+  projector = net.encoder.head.init(jax.random.key(0), jnp.zeros((2, 1024)))["params"]
+  predictor = net.predictor.init(jax.random.key(1), jnp.zeros((2, 512)))["params"]
+  layers = [projector["Dense_0"], projector["Dense_1"], predictor["Dense_0"],
+            predictor["Dense_1"]]
+  for layer in layers:
+    kernel = layer["kernel"]
+    bound = 1 / np.sqrt(kernel.shape[0])
+    assert float(jnp.abs(kernel).max()) <= bound
+    assert float(jnp.std(kernel)) == pytest.approx(bound / np.sqrt(3), rel=0.02)
+  bias = predictor["Dense_1"]["bias"]
+  assert float(jnp.abs(bias).max()) <= 1 / np.sqrt(256)
+  assert float(jnp.std(bias)) == pytest.approx(1 / np.sqrt(3 * 256), rel=0.1)
 
 
 def test_predictor_lr_stays_fixed_while_the_rest_decays():
@@ -78,4 +101,5 @@ def test_8_devices_equal_1_device():
 
 
 def test_smoke_run_through_the_cli(tmp_path):
-  smoke_run("simsiam", tmp_path)
+  lines = smoke_run("simsiam", tmp_path, positive_loss=False)
+  assert all(-1.0 <= l["loss"] <= 1.0 for l in lines[:3])   # a negative cosine

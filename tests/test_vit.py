@@ -11,6 +11,7 @@ import pytest
 from ssl_jax import config as config_lib, models, optim
 from ssl_jax.errors import ConfigError
 from ssl_jax.models import vit
+from test_config import load
 
 sys.path.insert(0, "configs")
 import moco_v3  # noqa: E402  pylint: disable=wrong-import-position
@@ -107,6 +108,70 @@ def test_learned_embedding_is_resized_to_the_new_grid():
   # A constant embedding stays constant under bicubic resizing.
   const = vit.resize_grid_embedding(jnp.ones((16, 2)), (4, 4), (6, 6))
   np.testing.assert_allclose(const, 1.0, rtol=1e-6)
+
+
+def pytorch_bicubic_matrix(old: int, new: int, scale: float):
+  """(new, old) matrix of torch's F.interpolate(mode='bicubic', scale_factor=scale,
+  align_corners=False) along one axis, written from PyTorch's rule: output i samples
+  x = (i + 0.5) / scale - 0.5, taps floor(x) - 1 .. floor(x) + 2 clamped to the edges,
+  cubic convolution weights with a = -0.75."""
+  def cubic(d, a=-0.75):
+    d = abs(d)
+    if d <= 1:
+      return ((a + 2) * d - (a + 3)) * d * d + 1
+    return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a if d < 2 else 0.0
+  matrix = np.zeros((new, old))
+  for i in range(new):
+    x = (i + 0.5) / scale - 0.5
+    base = math.floor(x)
+    for tap in range(base - 1, base + 3):
+      matrix[i, min(max(tap, 0), old - 1)] += cubic(x - tap)
+  return matrix
+
+
+@pytest.mark.parametrize("old, new", [(14, 6), (4, 7)])
+def test_position_embedding_is_interpolated_as_dino(old, new):
+  """DINO's interpolate_pos_encoding: bicubic (a = -0.75) at scale (new + 0.1) / old, no
+  antialiasing [vision_transformer.py:174-194]; jax.image.resize's default would antialias
+  a 14 -> 6 shrink with the a = -0.5 kernel."""
+  table = np.random.default_rng(0).normal(size=(old * old, 3)).astype(np.float32)
+  resized = np.asarray(vit.resize_grid_embedding(jnp.asarray(table), (old, old), (new, new)))
+  m = pytorch_bicubic_matrix(old, new, (new + 0.1) / old)
+  expected = np.einsum("ia,jb,abc->ijc", m, m, table.reshape(old, old, 3)).reshape(-1, 3)
+  np.testing.assert_allclose(resized, expected, atol=1e-5)
+  torch = pytest.importorskip("torch")
+  image = torch.from_numpy(table.reshape(old, old, 3)).permute(2, 0, 1)[None]
+  reference = torch.nn.functional.interpolate(
+      image, scale_factor=((new + 0.1) / old,) * 2, mode="bicubic", align_corners=False)
+  np.testing.assert_allclose(resized, reference[0].permute(1, 2, 0).reshape(-1, 3).numpy(),
+                             atol=1e-5)
+
+
+def test_dino_init():
+  """DINO's ViT init: Linear layers, class token and position embedding N(0, 0.02) (its
+  trunc_normal_ cuts at +-2 absolute, +-100 sd), zero biases; the patch embedding keeps
+  PyTorch's Conv2d default, weight and bias U(+-1/sqrt(3 p^2))."""
+  model = vit.ViT(width=384, depth=1, num_heads=6, patch_size=8, image_size=16,
+                  pos_embed="learned", init_scheme="dino")
+  params = init(model, jnp.zeros((1, 16, 16, 3)))["params"]
+  block = params["block0"]
+  for kernel in (block["Attention_0"]["qkv"]["kernel"], block["fc1"]["kernel"],
+                 block["fc2"]["kernel"]):
+    assert float(jnp.std(kernel)) == pytest.approx(0.02, rel=0.02)
+    assert float(jnp.abs(kernel).max()) > 4 * 0.02     # not cut at 2 sd
+  np.testing.assert_array_equal(block["fc1"]["bias"], 0.0)
+  for token in (params["cls_token"], params["pos_embed"]):
+    assert float(jnp.std(token)) == pytest.approx(0.02, rel=0.15)
+  bound = 1 / math.sqrt(3 * 8 * 8)
+  for leaf in (params["patch_embed"]["kernel"], params["patch_embed"]["bias"]):
+    assert float(jnp.abs(leaf).max()) <= bound
+    assert float(jnp.std(leaf)) == pytest.approx(bound / math.sqrt(3), rel=0.15)
+  assert models.backbone(load("dino").get_config().model, jnp.float32).init_scheme == "dino"
+  assert models.backbone(moco_v3.get_config().model, jnp.float32).init_scheme == "moco_v3"
+  config = moco_v3.get_config("smoke")
+  config.model.vit_init = "timm"
+  with pytest.raises(ConfigError, match="config.model.vit_init="):
+    config_lib.validate(config)
 
 
 def test_drop_path_uses_the_dropout_rng_and_only_in_training():

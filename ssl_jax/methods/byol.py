@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from ssl_jax import ema, losses, models, parallel
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import common
+from ssl_jax.models import inits
 from ssl_jax.models.encoder import Encoder
 from ssl_jax.models.heads import MLPHead
 
@@ -37,13 +38,15 @@ def encoder(config, axis_name=None) -> Encoder:
   backbone = models.backbone(config.model, dtype, axis_name)
   hidden = (config.head.hidden_dim or backbone.num_features,) * (config.head.num_layers - 1)
   return Encoder(backbone, MLPHead(hidden, config.head.out_dim, hidden_bn=True,
-                                   out_bias=False, dtype=dtype, axis_name=axis_name))
+                                   out_bias=False, dtype=dtype, axis_name=axis_name,
+                                   init_scheme=inits.head_scheme(config.model.init)))
 
 
 def online(config, axis_name=None) -> Online:
   dtype = models.compute_dtype(config.dtype, jax.default_backend())
   predictor = MLPHead((config.byol.predictor_hidden_dim,), config.head.out_dim, hidden_bn=True,
-                      out_bias=False, dtype=dtype, axis_name=axis_name)
+                      out_bias=False, dtype=dtype, axis_name=axis_name,
+                      init_scheme=inits.head_scheme(config.model.init))
   return Online(encoder(config, axis_name), predictor)
 
 

@@ -23,10 +23,9 @@ from ssl_jax import ema, losses, models, parallel
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import common
+from ssl_jax.models import inits
 from ssl_jax.models.encoder import Encoder
 
-# PyTorch's default Linear init, U(+-1/sqrt(fan_in)), which the original's MLPs keep.
-torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 class MLP(nn.Module):
@@ -49,7 +48,7 @@ class MLP(nn.Module):
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
       x = nn.Dense(self.out_dim if last else self.hidden_dim, use_bias=False,
-                   kernel_init=torch_linear_init, dtype=self.dtype,
+                   kernel_init=inits.pytorch_kernel, dtype=self.dtype,   # nn.Linear's init
                    param_dtype=jnp.float32)(x)
       if not last:
         x = nn.relu(norm(True)(x))

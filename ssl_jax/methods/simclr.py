@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from ssl_jax import losses, models, parallel
 from ssl_jax.data.augment import View
 from ssl_jax.methods import common
+from ssl_jax.models import inits
 from ssl_jax.models.heads import ProjectionHead
 
 
@@ -37,7 +38,7 @@ def network(config, axis_name=None) -> Network:
   head = config.head
   return Network(models.backbone(config.model, dtype, axis_name),
                  ProjectionHead(head.num_layers, head.hidden_dim or None, head.out_dim,
-                                dtype, axis_name))
+                                dtype, axis_name, init_scheme=inits.head_scheme(config.model.init)))
 
 
 def views(config) -> list[View]:

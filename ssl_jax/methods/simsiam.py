@@ -31,14 +31,18 @@ class Network(nn.Module):
 
 def network(config, axis_name=None) -> Network:
   """Projector: (Linear no bias + BN + ReLU) x (L - 1), Linear + BN without affine.
-  Predictor: Linear + BN + ReLU to the bottleneck, then Linear with bias, no BN."""
+  Predictor: Linear(no bias) + BN + ReLU to the bottleneck, then Linear with bias, no BN
+  [builder.py:39-42]. Every head Linear keeps PyTorch's default init, U(+-1/sqrt(fan_in))
+  for weight and bias [builder.py:24-42]: the heads are scale-invariant (BN), so Flax's
+  larger default (std 1/sqrt(fan_in)) would start them at a ~3x lower effective lr."""
   dtype = models.compute_dtype(config.dtype, jax.default_backend())
   backbone = models.backbone(config.model, dtype, axis_name)
   head = config.head
   projector = ProjectionHead(head.num_layers, head.hidden_dim or None, head.out_dim, dtype,
-                             axis_name, out_scale=False)
+                             axis_name, out_scale=False, init_scheme="pytorch")
   predictor = MLPHead((config.simsiam.predictor_hidden_dim,), head.out_dim, hidden_bn=True,
-                      out_bias=True, dtype=dtype, axis_name=axis_name)
+                      out_bias=True, dtype=dtype, axis_name=axis_name, init_scheme="pytorch",
+                      hidden_bias=False)
   return Network(Encoder(backbone, projector), predictor)
 
 

@@ -2,14 +2,15 @@
 
 Multi-crop: 2 crops of `config.image_size` and `num_small_crops` small ones. Same-size
 crops go through the backbone together (one forward, one BN batch, per resolution), then
-all crops through the projection head at once; z = normalize(head(h)) and the scores are
-z against 3000 unit-norm prototypes. For each assignment crop, Sinkhorn-Knopp turns the
+all crops through the projection head at once; z = normalize(head(h)) and the scores are z
+against 3000 unit-norm prototypes. For each assignment crop, Sinkhorn-Knopp turns the
 stop-gradient scores of the global batch (plus, once full, a queue of earlier embeddings
 re-scored with the current prototypes) into soft codes q; every other crop predicts q with
 softmax(scores / tau). The prototypes are re-normalised after every optimizer step and
-frozen during the first `freeze_prototypes_epochs`. Initialisation follows the original (BN
-scales 1, PyTorch's Linear init in the head): LARC steps a zero-norm tensor by its raw
-gradient, so tensors that start at 0 here but not there would train very differently.
+frozen during the first `freeze_prototypes_epochs`. Initialisation follows the original
+(BN scales 1: config.model.zero_init_residual = "none"; PyTorch's Linear init in the
+head): LARC steps a zero-norm tensor by its raw gradient, so tensors that start at 0 here
+but not there would train very differently.
 """
 import functools
 from typing import Any
@@ -22,6 +23,7 @@ from ssl_jax import losses, models, parallel
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import common
+from ssl_jax.models import inits
 from ssl_jax.models.resnet import batch_norm
 
 # SwAV's multicropdataset.py normalises with std 0.228 (not 0.229) for red.
@@ -44,16 +46,6 @@ def normalize_input(x):
   return (x.astype(jnp.float32) - jnp.asarray(MEAN)) / jnp.asarray(STD)
 
 
-def torch_init(fan_in: int):
-  """PyTorch's nn.Linear default U(+-1/sqrt(fan_in)) for the bias (weights: variance
-  1/(3 fan_in)). The bias must not start at 0: LARC passes a zero-norm tensor's gradient
-  unscaled (trust 1), an lr-sized step the original never takes."""
-  bound = 1.0 / fan_in**0.5
-  return dict(kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-              bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-                  key, shape, dtype, -bound, bound))
-
-
 class Head(nn.Module):
   """Linear -> BN -> ReLU -> Linear, biases and init as the original's nn.Sequential."""
   hidden_dim: int
@@ -64,10 +56,10 @@ class Head(nn.Module):
   @nn.compact
   def __call__(self, h, train: bool = True):
     x = nn.Dense(self.hidden_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                 **torch_init(h.shape[-1]))(h)
+                 **inits.pytorch_linear(h.shape[-1]))(h)
     x = nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
     x = nn.Dense(self.out_dim, dtype=self.dtype, param_dtype=jnp.float32,
-                 **torch_init(self.hidden_dim))(x)
+                 **inits.pytorch_linear(self.hidden_dim))(x)
     return x.astype(jnp.float32)
 
 
@@ -138,22 +130,13 @@ def init(rng, config, sample_batch):
   del sample_batch  # shapes come from the config
   x = jnp.zeros((2, config.image_size, config.image_size, 3), jnp.float32)
   variables = network(config).init(rng, [x], train=True)
-  params = dict(unit_last_bn_scales(variables["params"]))
+  params = dict(variables["params"])
   params["prototypes"] = normalize_prototypes(params["prototypes"])
   # No queue array without a queue: orbax cannot checkpoint a zero-size array.
   length = config.swav.queue_length
   method_state = dict(queue=jnp.zeros((len(config.swav.crops_for_assign), length,
                                        config.head.out_dim), jnp.float32)) if length else {}
   return dict(params=params, batch_stats=variables["batch_stats"], method_state=method_state)
-
-
-def unit_last_bn_scales(params):
-  """SwAV's ResNet starts every BN at scale 1 (zero_init_residual=False). It matters with
-  LARC: a zero-norm scale would take raw, unadapted lr-sized steps."""
-  def leaf(path, x):
-    keys = [str(getattr(k, "key", "")) for k in path]
-    return jnp.ones_like(x) if "last_bn" in keys and keys[-1] == "scale" else x
-  return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 def normalize_prototypes(prototypes):

@@ -17,10 +17,14 @@ def backbone(model_config, dtype, axis_name=None, image_size: int = 224):
     m = model_config
     return vit.ViT(width=int(m.width), depth=m.depth, num_heads=m.num_heads,
                    patch_size=m.patch_size, image_size=image_size, pos_embed=m.pos_embed,
-                   drop_path=m.drop_path, frozen_patch_embed=m.frozen_patch_embed, dtype=dtype,
+                   drop_path=m.drop_path, frozen_patch_embed=m.frozen_patch_embed,
+                   init_scheme=m.vit_init, dtype=dtype,
                    # evaluation's output option (evaluate/linear.py linear_config)
                    output_blocks=m.get("output_blocks", 1),
                    output_avgpool=m.get("output_avgpool", False))
-  return resnet.resnet(model_config.depth, width=model_config.width,
-                cifar_stem=model_config.cifar_stem, sk_ratio=model_config.sk_ratio,
-                dtype=dtype, axis_name=axis_name)
+  m = model_config
+  return resnet.resnet(m.depth, width=m.width, cifar_stem=m.cifar_stem, sk_ratio=m.sk_ratio,
+                       dtype=dtype, axis_name=axis_name,
+                       projection_shortcut=m.projection_shortcut,
+                       zero_init_residual=m.zero_init_residual, init_scheme=m.init,
+                       stem_width=m.stem_width)

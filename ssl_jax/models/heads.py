@@ -1,9 +1,11 @@
-"""Projection heads."""
+"""Projection heads. `init_scheme` names the Linear layers' initialiser (`inits.dense`)."""
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from ssl_jax.models import inits
 from ssl_jax.models.resnet import batch_norm
 
 
@@ -21,6 +23,7 @@ class ProjectionHead(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   out_scale: bool = True            # SimSiam's output BN has no affine parameters at all
+  init_scheme: str = "flax"
 
   @nn.compact
   def __call__(self, h, train: bool = True):
@@ -29,7 +32,7 @@ class ProjectionHead(nn.Module):
     for i in range(self.num_layers):
       last = i == self.num_layers - 1
       h = nn.Dense(self.out_dim if last else hidden, use_bias=False, dtype=self.dtype,
-                   param_dtype=jnp.float32)(h)
+                   param_dtype=jnp.float32, **inits.dense(self.init_scheme, h.shape[-1]))(h)
       h = batch_norm(train, self.axis_name, self.dtype, use_bias=not last,
                      use_scale=self.out_scale or not last)(h)
       if not last:
@@ -43,7 +46,7 @@ class MLPHead(nn.Module):
 
   MoCo v1: no hidden layer, Linear(128). MoCo v2: Linear(2048) -> ReLU -> Linear(128),
   biases, no BN. BYOL projector and predictor: Linear(4096) -> BN -> ReLU -> Linear(256,
-  no bias).
+  no bias). SimSiam's predictor: Linear(512, no bias) -> BN -> ReLU -> Linear(2048).
   """
   hidden_dims: tuple[int, ...] = ()
   out_dim: int = 128
@@ -51,16 +54,19 @@ class MLPHead(nn.Module):
   out_bias: bool = True
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  init_scheme: str = "flax"
+  hidden_bias: bool = True
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     for width in self.hidden_dims:
-      x = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32)(x)
+      x = nn.Dense(width, use_bias=self.hidden_bias, dtype=self.dtype, param_dtype=jnp.float32,
+                   **inits.dense(self.init_scheme, x.shape[-1]))(x)
       if self.hidden_bn:
         x = batch_norm(train, self.axis_name, self.dtype)(x)
       x = nn.relu(x)
     x = nn.Dense(self.out_dim, use_bias=self.out_bias, dtype=self.dtype,
-                 param_dtype=jnp.float32)(x)
+                 param_dtype=jnp.float32, **inits.dense(self.init_scheme, x.shape[-1]))(x)
     return x.astype(jnp.float32)
 
 
@@ -68,20 +74,21 @@ class WeightNormDense(nn.Module):
   """Linear without bias whose weight is g * v / ||v|| (torch's weight_norm over each
   output unit's input weights). `learn_scale=False` fixes g at 1 (DINO's norm_last_layer):
   the outputs are cosines with unit-norm prototypes. g is (1, out) as torch's (out, 1), so
-  DINO's "ndim > 1" weight-decay rule decays it as the original does."""
+  DINO's "ndim > 1" weight-decay rule decays it as the original does.
+
+  Computed in float32 whatever the compute dtype: at DINO's teacher temperature 0.04 a
+  bfloat16 cosine's rounding (up to ~0.002) would move a logit by ~0.05."""
   features: int
   learn_scale: bool = False
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     # torch's default Linear init, U(+-1/sqrt(fan_in)); only the direction matters.
-    v = self.param("kernel", nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                   (x.shape[-1], self.features), jnp.float32)
+    v = self.param("kernel", inits.pytorch_kernel, (x.shape[-1], self.features), jnp.float32)
     w = v / jnp.linalg.norm(v, axis=0, keepdims=True)
     if self.learn_scale:
       w = w * self.param("scale", nn.initializers.ones, (1, self.features), jnp.float32)
-    return (x.astype(self.dtype) @ w.astype(self.dtype)).astype(jnp.float32)
+    return jnp.dot(x.astype(jnp.float32), w, precision=jax.lax.Precision.HIGHEST)
 
 
 class DINOHead(nn.Module):
@@ -109,4 +116,4 @@ class DINOHead(nn.Module):
     x = dense(self.bottleneck_dim)(x).astype(jnp.float32)
     x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # F.normalize
     return WeightNormDense(self.out_dim, learn_scale=not self.norm_last_layer,
-                           dtype=self.dtype, name="last_layer")(x)
+                           name="last_layer")(x)

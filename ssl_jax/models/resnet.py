@@ -1,15 +1,29 @@
 """ResNet v1 backbones (NHWC) as SimCLR uses them, with SimCLR v2's selective kernels.
 
-Widths scale with `width` (SimCLR's width multiplier; 0.125 gives a base width of 8).
-The last BN scale of every residual block starts at zero, as in SimCLR's code, so each
-block starts as the identity. BN statistics are averaged over the `batch` mesh axis when
-`axis_name` is set (global BN).
+Widths scale with `width` (SimCLR's width multiplier; 0.125 gives a base width of 8);
+`stem_width` > 0 fixes the stem's channels instead (CMC keeps 64 whatever the width). BN
+statistics are averaged over the `batch` mesh axis when `axis_name` is set (global BN).
+
+What differs between the originals' ResNets is a field, set per method by its config:
+- `zero_init_residual`: which blocks start with the last BN scale at zero, so that they
+  start as the identity: "all" (SimCLR tf2/resnet.py:366, 467; torchvision's
+  zero_init_residual=True as SimSiam, MoCo v3), "bottleneck" (Haiku's BlockV1, BYOL: only
+  bottleneck blocks) or "none" (torchvision's default, MoCo v1/v2, SwAV, DINO...).
+- `projection_shortcut`: "when_needed" (torchvision: a 1x1 conv + BN only where the shape
+  changes) or "always" (SimCLR's BlockGroup, BYOL's Haiku ResNet: in block 0 of every
+  stage, stage 1 included) [simclr tf2/resnet.py:490-521; byol utils/networks.py:64].
+  With selective kernels (sk_ratio > 0) the projection is SimCLR v2's ResNet-D one: a 2x2
+  average pool of the block's stride, then a stride-1 1x1 conv [tf2/resnet.py:329-352].
+- `init_scheme`: the conv kernels' initialiser, `inits.CONV` ("torchvision", "pytorch",
+  "tf_simclr", "haiku").
 """
 import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from ssl_jax.models import inits
 
 # (block kind, blocks per stage) for each depth.
 DEPTHS = {
@@ -20,7 +34,8 @@ DEPTHS = {
     152: ("bottleneck", (3, 8, 36, 3)),
 }
 
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+ZERO_INIT = ("all", "bottleneck", "none")
+SHORTCUTS = ("when_needed", "always")
 
 
 class Conv(nn.Module):
@@ -29,12 +44,14 @@ class Conv(nn.Module):
   kernel: int = 3
   stride: int = 1
   dtype: Any = jnp.float32
+  init_scheme: str = "torchvision"   # a key of inits.CONV
 
   @nn.compact
   def __call__(self, x):
     pad = (self.kernel - 1) // 2
     return nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                   padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init,
+                   padding=((pad, pad), (pad, pad)), use_bias=False,
+                   kernel_init=inits.CONV[self.init_scheme],
                    dtype=self.dtype, param_dtype=jnp.float32)(x)
 
 
@@ -63,51 +80,63 @@ class SelectiveKernel(nn.Module):
   stride: int
   sk_ratio: float
   norm: Any
-  dtype: Any = jnp.float32
+  conv: Any
   min_dim: int = 32
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(self.norm()(Conv(2 * self.features, 3, self.stride, self.dtype)(x)))
+    x = nn.relu(self.norm()(self.conv(2 * self.features, 3, self.stride)(x)))
     paths = jnp.stack(jnp.split(x, 2, axis=-1))                  # (2, N, H, W, C)
     context = paths.sum(0).mean((1, 2), keepdims=True)
     mid = max(int(self.features * self.sk_ratio), self.min_dim)
-    context = nn.relu(self.norm()(Conv(mid, 1, 1, self.dtype)(context)))
-    mixing = jnp.stack(jnp.split(Conv(2 * self.features, 1, 1, self.dtype)(context), 2, -1))
+    context = nn.relu(self.norm()(self.conv(mid, 1, 1)(context)))
+    mixing = jnp.stack(jnp.split(self.conv(2 * self.features, 1, 1)(context), 2, -1))
     return (paths * nn.softmax(mixing.astype(jnp.float32), axis=0).astype(x.dtype)).sum(0)
 
 
+def resnet_d_pool(x, stride: int):
+  """SimCLR v2's AveragePooling2D(2, stride) before an SK block's projection: at stride 1
+  'SAME' (TF averages only the pixels inside the image), at stride 2 zero-padded by 1 at the
+  end ("fixed padding", the zeros counted) then 'VALID' [tf2/resnet.py:329-352]."""
+  if stride == 1:
+    return nn.avg_pool(x, (2, 2), (1, 1), padding="SAME", count_include_pad=False)
+  return nn.avg_pool(x, (2, 2), (stride, stride), padding=((0, 1), (0, 1)))
+
+
 class Block(nn.Module):
-  """Basic (2 convs) or bottleneck (1x1, 3x3, 1x1 with 4x expansion) residual block."""
+  """Basic (2 convs) or bottleneck (1x1, 3x3, 1x1 with 4x expansion) residual block.
+
+  The shortcut is a 1x1 conv + BN where the shape changes, or always when `project`."""
   features: int
   stride: int
   kind: str
   sk_ratio: float
   norm: Any
-  dtype: Any = jnp.float32
+  conv: Any
+  project: bool = False
+  zero_init: bool = True           # the last BN's scale starts at 0
 
   @nn.compact
   def __call__(self, x):
     out_features = self.features * (4 if self.kind == "bottleneck" else 1)
     shortcut = x
-    if self.stride != 1 or x.shape[-1] != out_features:
-      if self.sk_ratio > 0 and self.stride > 1:   # ResNet-D shortcut, as SimCLR v2 with SK
-        shortcut = nn.avg_pool(shortcut, (2, 2), (2, 2), padding="SAME")
-        shortcut = Conv(out_features, 1, 1, self.dtype)(shortcut)
+    if self.project or self.stride != 1 or x.shape[-1] != out_features:
+      if self.sk_ratio > 0:   # ResNet-D shortcut, as SimCLR v2 with SK
+        shortcut = self.conv(out_features, 1, 1)(resnet_d_pool(shortcut, self.stride))
       else:
-        shortcut = Conv(out_features, 1, self.stride, self.dtype)(shortcut)
+        shortcut = self.conv(out_features, 1, self.stride)(shortcut)
       shortcut = self.norm()(shortcut)
 
     if self.kind == "basic":
-      y = nn.relu(self.norm()(Conv(self.features, 3, self.stride, self.dtype)(x)))
-      y = self.norm(zero_init=True, name="last_bn")(Conv(self.features, 3, 1, self.dtype)(y))
+      y = nn.relu(self.norm()(self.conv(self.features, 3, self.stride)(x)))
+      y = self.norm(zero_init=self.zero_init, name="last_bn")(self.conv(self.features, 3, 1)(y))
     else:
-      y = nn.relu(self.norm()(Conv(self.features, 1, 1, self.dtype)(x)))
+      y = nn.relu(self.norm()(self.conv(self.features, 1, 1)(x)))
       if self.sk_ratio > 0:
-        y = SelectiveKernel(self.features, self.stride, self.sk_ratio, self.norm, self.dtype)(y)
+        y = SelectiveKernel(self.features, self.stride, self.sk_ratio, self.norm, self.conv)(y)
       else:
-        y = nn.relu(self.norm()(Conv(self.features, 3, self.stride, self.dtype)(y)))
-      y = self.norm(zero_init=True, name="last_bn")(Conv(out_features, 1, 1, self.dtype)(y))
+        y = nn.relu(self.norm()(self.conv(self.features, 3, self.stride)(y)))
+      y = self.norm(zero_init=self.zero_init, name="last_bn")(self.conv(out_features, 1, 1)(y))
     return nn.relu(y + shortcut)
 
 
@@ -120,6 +149,10 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   axis_name: str | None = None
   norm: str = "batch"          # "layer": LayerNorm, no batch statistics (CPC v2)
+  projection_shortcut: str = "when_needed"   # or "always"
+  zero_init_residual: str = "all"            # or "bottleneck", "none"
+  init_scheme: str = "torchvision"           # conv kernels: a key of inits.CONV
+  stem_width: int = 0                        # stem channels; 0 = 64 x width
 
   @property
   def num_features(self) -> int:
@@ -133,23 +166,27 @@ class ResNet(nn.Module):
       norm = functools.partial(layer_norm, self.dtype)
     else:
       norm = functools.partial(batch_norm, train, self.axis_name, self.dtype)
+    conv = functools.partial(Conv, dtype=self.dtype, init_scheme=self.init_scheme)
     x = x.astype(self.dtype)
-    base = int(64 * self.width)
+    stem = self.stem_width or int(64 * self.width)
     if self.cifar_stem:          # 3x3 stride 1, no max-pool, for 32 px images
-      x = nn.relu(norm()(Conv(base, 3, 1, self.dtype)(x)))
+      x = nn.relu(norm()(conv(stem, 3, 1)(x)))
     elif self.sk_ratio > 0:      # ResNet-D stem of SimCLR v2 with SK: three 3x3 convs
-      x = nn.relu(norm()(Conv(base // 2, 3, 2, self.dtype)(x)))
-      x = nn.relu(norm()(Conv(base // 2, 3, 1, self.dtype)(x)))
-      x = nn.relu(norm()(Conv(base, 3, 1, self.dtype)(x)))
+      x = nn.relu(norm()(conv(stem // 2, 3, 2)(x)))
+      x = nn.relu(norm()(conv(stem // 2, 3, 1)(x)))
+      x = nn.relu(norm()(conv(stem, 3, 1)(x)))
     else:
-      x = nn.relu(norm()(Conv(base, 7, 2, self.dtype)(x)))
+      x = nn.relu(norm()(conv(stem, 7, 2)(x)))
     if not self.cifar_stem:
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    zero_init = self.zero_init_residual == "all" or (
+        self.zero_init_residual == "bottleneck" and kind == "bottleneck")
     for stage, blocks in enumerate(stages):
       for i in range(blocks):
         stride = 2 if stage > 0 and i == 0 else 1
-        x = Block(int(64 * self.width) * 2**stage, stride, kind, self.sk_ratio, norm,
-                  self.dtype)(x)
+        project = i == 0 and self.projection_shortcut == "always"
+        x = Block(int(64 * self.width) * 2**stage, stride, kind, self.sk_ratio, norm, conv,
+                  project, zero_init)(x)
     return x.mean((1, 2)).astype(jnp.float32)
 
 
@@ -157,4 +194,3 @@ def resnet(depth: int, **kwargs) -> ResNet:
   if depth not in DEPTHS:
     raise ValueError(f"ResNet depth {depth} is not one of {sorted(DEPTHS)}")
   return ResNet(depth=depth, **kwargs)
-
