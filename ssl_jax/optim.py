@@ -139,11 +139,15 @@ def matrix_mask(params):
 
 
 def decay_mask(opt_config):
-  """Which leaves get weight decay: "kernel" (default: kernel_mask) or "ndim" (matrix_mask)."""
+  """Which leaves get weight decay: "kernel" (default: kernel_mask), "ndim" (matrix_mask) or
+  "all" (torch's weight_decay on every parameter, e.g. lightly's SGD)."""
   rule = opt_config.get("decay_mask", "kernel")
-  if rule not in ("kernel", "ndim"):
-    raise ConfigError(f"config.optimizer.decay_mask={rule!r} is unknown; use 'kernel' or 'ndim'")
-  return kernel_mask if rule == "kernel" else matrix_mask
+  masks = dict(kernel=kernel_mask, ndim=matrix_mask, all=lambda params: jax.tree.map(
+      lambda _: True, params))
+  if rule not in masks:
+    raise ConfigError(f"config.optimizer.decay_mask={rule!r} is unknown; use 'kernel', "
+                      "'ndim' or 'all'")
+  return masks[rule]
 
 
 def weight_decay_schedule(opt_config, total_steps: int):

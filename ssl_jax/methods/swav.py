@@ -22,6 +22,7 @@ from ssl_jax import losses, models, parallel
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
 from ssl_jax.methods import common
+from ssl_jax.models.heads import torch_init
 from ssl_jax.models.resnet import batch_norm
 
 # SwAV's multicropdataset.py normalises with std 0.228 (not 0.229) for red.
@@ -42,16 +43,6 @@ def size_groups(crops):
 
 def normalize_input(x):
   return (x.astype(jnp.float32) - jnp.asarray(MEAN)) / jnp.asarray(STD)
-
-
-def torch_init(fan_in: int):
-  """PyTorch's nn.Linear default U(+-1/sqrt(fan_in)) for the bias (weights: variance
-  1/(3 fan_in)). The bias must not start at 0: LARC passes a zero-norm tensor's gradient
-  unscaled (trust 1), an lr-sized step the original never takes."""
-  bound = 1.0 / fan_in**0.5
-  return dict(kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-              bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-                  key, shape, dtype, -bound, bound))
 
 
 class Head(nn.Module):
@@ -76,6 +67,7 @@ class Network(nn.Module):
   backbone: nn.Module
   head: nn.Module
   num_prototypes: int
+  prototype_bias: bool = False   # lightly's SwaVPrototypes: an nn.Linear with its bias
 
   @nn.compact
   def __call__(self, crops, train: bool = True):
@@ -83,8 +75,9 @@ class Network(nn.Module):
                          for group in size_groups(crops)])
     z = losses.l2_normalize(self.head(h, train=train))
     # float32 scores: Sinkhorn exponentiates scores / 0.05.
-    scores = nn.Dense(self.num_prototypes, use_bias=False, dtype=jnp.float32,
-                      name="prototypes")(z)
+    scores = nn.Dense(self.num_prototypes, use_bias=self.prototype_bias, dtype=jnp.float32,
+                      name="prototypes",
+                      **(torch_init(z.shape[-1]) if self.prototype_bias else {}))(z)
     return h, z, scores
 
   def features(self, x):
@@ -96,7 +89,7 @@ def network(config, axis_name=None) -> Network:
   backbone = models.backbone(config.model, dtype, axis_name, config.image_size)
   hidden = config.head.hidden_dim or backbone.num_features
   head = Head(hidden, config.head.out_dim, dtype, axis_name)
-  return Network(backbone, head, config.swav.num_prototypes)
+  return Network(backbone, head, config.swav.num_prototypes, config.swav.prototype_bias)
 
 
 def views(config) -> list[View]:
@@ -118,6 +111,9 @@ def num_crops(config) -> int:
 def validate(config, device_count=None):
   del device_count   # the global batch already divides by it
   s = config.swav
+  if s.prototype_bias and s.queue_length:
+    raise ConfigError("config.swav.prototype_bias=True re-scores no queue (the queue's "
+                      "scores use the prototypes alone); set config.swav.queue_length=0")
   assign = tuple(s.crops_for_assign)
   if not assign or len(set(assign)) != len(assign) or not all(
       0 <= a < num_crops(config) for a in assign):

@@ -2,9 +2,20 @@
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from ssl_jax.models.resnet import batch_norm
+
+
+def torch_init(fan_in: int):
+  """PyTorch's nn.Linear default U(+-1/sqrt(fan_in)) for the bias (weights: variance
+  1/(3 fan_in)). The bias must not start at 0: LARC passes a zero-norm tensor's gradient
+  unscaled (trust 1), an lr-sized step the original never takes."""
+  bound = 1.0 / fan_in**0.5
+  return dict(kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+              bias_init=lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+                  key, shape, dtype, -bound, bound))
 
 
 class ProjectionHead(nn.Module):
@@ -95,12 +106,15 @@ class DINOHead(nn.Module):
   norm_last_layer: bool = True
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  init: str = "trunc_normal"   # or "torch": nn.Linear's default (lightly's CIFAR-10 head)
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     # torch's trunc_normal_(std=0.02) cuts at +-2 (absolute): a plain normal in effect.
-    dense = lambda width: nn.Dense(width, kernel_init=nn.initializers.normal(0.02),
-                                   dtype=self.dtype, param_dtype=jnp.float32)
+    inits = lambda: (torch_init(x.shape[-1]) if self.init == "torch"  # noqa: E731
+                     else dict(kernel_init=nn.initializers.normal(0.02)))
+    dense = lambda width: nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32,  # noqa: E731
+                                   **inits())
     for _ in range(self.num_layers - 1):
       x = dense(self.hidden_dim)(x)
       if self.use_bn:   # torch BatchNorm1d: momentum 0.1, eps 1e-5
