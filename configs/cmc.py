@@ -12,7 +12,7 @@ Variants, `--config=configs/cmc.py:<variant>`:
               (antialiased), then RGB -> Lab normalised to the Lab ranges; no colour
               jitter. --config.cmc.objective=softmax for the `--softmax` variant (CE over
               the K + 1 logits).
-  cifar10     Not in the original (which has ImageNet and STL-10 settings): ResNet-18 CIFAR
+  cifar10     Our own (the original has ImageNet and STL-10 settings only): ResNet-18 CIFAR
               stem, width 0.5 per view, the softmax objective (the original's --softmax,
               which its README reports as better than NCE) with K = 4096, temperature 0.07,
               weight decay 5e-4, 200 epochs with lr x0.1 at 120 and 160, batch 512 (the

@@ -14,7 +14,21 @@ Variants, `--config=configs/swav.py:<variant>`:
               --config.optimizer.base_lr=0.6 --config.optimizer.final_lr=0.0006
               --config.optimizer.warmup_epochs=0 --config.swav.queue_length=3840
               --config.num_epochs=200 (queue from epoch 15).
-  cifar10     ResNet-18 CIFAR stem, batch 512, 200 epochs, the bs-256 recipe's values (lr
+  cifar10     lightly's CIFAR-10 benchmark SwAV row (cifar10_benchmark.py @42a6a924,
+              SwaVModel, lines 552-598, swav_transform lines 186-193;
+              config_lib.use_lightly_cifar10 for what all its methods share; kNN 0.842 at
+              batch 512 / 200 epochs): ResNet-18 CIFAR stem, head 512 -> 512 (BN, ReLU) ->
+              128, L2, 512 prototypes as an nn.Linear with its bias (swav.prototype_bias),
+              re-normalised every step, never frozen; SwaVLoss defaults: temperature 0.1,
+              Sinkhorn 3 iterations, eps 0.05, codes for both crops, no queue; torch Adam
+              lr 1e-3 x B/128 = 4e-3 with L2 weight decay 1e-6 on every parameter,
+              per-epoch cosine, no warmup, 200 epochs; 2 x 32 px crops (0.14, 1), no small
+              crops (the table's commit, METHODS.md §16.4), ColorJitter(0.4, 0.4, 0.4, 0.1)
+              p=0.8, grayscale 0.2, no blur; kNN every epoch on the backbone, the best kept.
+              Deviations: SwAV's input std 0.228 for red (lightly: ImageNet's 0.229); both
+              crops share one BN batch (lightly forwards each crop alone).
+  cifar10_orig  The original's own recipe at CIFAR scale: ResNet-18 CIFAR stem, batch 512,
+              200 epochs, the bs-256 recipe's values (lr
               0.6 -> 0.0006 unscaled, no warmup, queue from epoch 15, prototypes frozen 1
               epoch), the queue 3840 rounded down to 3584 (a multiple of the batch, as the
               original rounds), multi-crop scaled to 32 px: 2 x 32 px, scale (0.14, 1) + 6 x
@@ -71,6 +85,19 @@ def cifar_recipe(c):
   return c
 
 
+def lightly_cifar10(c):
+  """lightly's SwAV row (see the module docstring)."""
+  config_lib.use_lightly_cifar10(c)
+  c.head.update(num_layers=2, hidden_dim=512, out_dim=128)
+  c.loss.temperature = 0.1
+  c.optimizer.update(name="adam", base_lr=2e-3, lr_scaling="linear", weight_decay=1e-6)
+  c.swav.update(num_prototypes=512, prototype_bias=True, epsilon=0.05, sinkhorn_iterations=3,
+                crops_for_assign=(0, 1), num_small_crops=0, queue_length=0,
+                freeze_prototypes_epochs=0.0)
+  c.augment.crop_scale = (0.14, 1.0)
+  return c
+
+
 def quickstart_recipe(c):
   """lightly's CIFAR-10 SwAV benchmark, scaled down; the sharper codes (eps 0.02) keep
   the tiny network from collapsing (see the module docstring)."""
@@ -118,9 +145,11 @@ def get_config(arg=None):
   c.swav = ml_collections.ConfigDict(dict(
       num_prototypes=3000, epsilon=0.05, sinkhorn_iterations=3, crops_for_assign=(0, 1),
       num_small_crops=6, small_crop_size=96, small_crop_scale=(0.05, 0.14),
-      queue_length=0, queue_start_epoch=15, freeze_prototypes_epochs=1.0))
+      queue_length=0, queue_start_epoch=15, freeze_prototypes_epochs=1.0,
+      prototype_bias=False))
   return config_lib.variant(c, arg, {
-      "cifar10": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
+      "cifar10": lightly_cifar10,
+      "cifar10_orig": lambda c: cifar_recipe(config_lib.use_cifar10(c)),
       "quickstart": lambda c: quickstart_recipe(config_lib.use_quickstart(c)),
       "smoke": lambda c: smoke_recipe(config_lib.use_smoke(c)),
   })

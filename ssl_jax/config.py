@@ -62,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
       name="lars", base_lr=0.3, lr_scaling="linear", weight_decay=1e-6, momentum=0.9,
       trust_coefficient=1e-3, warmup_epochs=10.0, schedule="cosine",
       lr_steps_epochs=(),         # schedule="steps": x0.1 at each of these epochs
+      lr_steps_factors=(),        # ... or x these factors of the peak lr (one per epoch)
       final_lr=0.0))              # schedule="cosine" ends here (absolute, not scaled)
   c.augment = ml_collections.ConfigDict(dict(
       crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True, color_strength=1.0,
@@ -439,6 +440,27 @@ def use_lightly_resnet(c):
   default conv init [lightly-ai/lightly lightly/models/resnet.py]. (Its stem also has no
   ReLU, which this ResNet keeps.)"""
   c.model.update(projection_shortcut="when_needed", zero_init_residual="none", init="pytorch")
+  return c
+
+
+def use_lightly_cifar10(c):
+  """lightly's CIFAR-10 benchmark (lightly-ai/lightly docs/source/getting_started/benchmarks/
+  cifar10_benchmark.py @42a6a924, METHODS.md §16), what its methods share: use_cifar10;
+  SGD momentum 0.9, lr 0.06 x B/128 (= 0.12 x B/256; lines 125-126, 345-351), weight decay
+  5e-4 on every parameter, CosineAnnealingLR(max_epochs) stepped per epoch, no warmup; the
+  simclr transform (lines 167-172): torchvision RandomResizedCrop(32, (0.08, 1)) bilinear
+  on PIL, flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, no blur; ImageNet
+  mean/std; kNN k 200, T 0.1 on the backbone features every epoch, the best kept (lines
+  102-106; BenchmarkModule.max_accuracy); its ResNet-18 (use_lightly_resnet)."""
+  use_lightly_resnet(use_cifar10(c))
+  c.optimizer.update(name="sgd", base_lr=0.12, lr_scaling="linear", weight_decay=5e-4,
+                     momentum=0.9, warmup_epochs=0, schedule="cosine_epochs", final_lr=0.0)
+  c.augment.update(crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=True,
+                   color_strength=0.5, color_prob=0.8, brightness_impl="multiplicative",
+                   gray_prob=0.2, blur_prob=0.0, solarize_prob=0.0, color_impl="torchvision",
+                   crop_sampler="torchvision", resize_method="bilinear", antialias=True)
+  c.eval.update(knn_k=200, knn_temperature=0.1, knn_every_epochs=1, features="backbone",
+                crop_proportion=1.0)
   return c
 
 

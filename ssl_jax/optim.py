@@ -48,20 +48,34 @@ def epoch_schedule(opt_config, peak: float, steps_per_epoch: int, total_steps: i
                    warmup: int):
   """Schedules that change once per epoch, as MoCo's `adjust_learning_rate` does.
 
-  "steps": x0.1 at each epoch of `lr_steps_epochs`, counted from the run's start (MoCo v1:
-  120 and 160 of 200). "cosine_epochs": peak * (1 + cos(pi * epoch / epochs)) / 2 with the
-  integer epoch (MoCo v2), over the epochs after the warmup (MoCo has none).
+  "steps": from each epoch of `lr_steps_epochs`, counted from the run's start, the peak x
+  the matching `lr_steps_factors` (InvaSpread: 0.1, 0.05, 0.01 at 120, 160, 200), or x0.1
+  once more at each when no factors are given (MoCo v1: 120 and 160 of 200).
+  "cosine_epochs": peak * (1 + cos(pi * epoch / epochs)) / 2 with the integer epoch (MoCo
+  v2), over the epochs after the warmup (MoCo has none).
   """
   spe = max(steps_per_epoch, 1)
   if opt_config.schedule == "steps":   # join_schedules counts from the warmup's end
-    return optax.piecewise_constant_schedule(
-        peak, {int(round(e * spe)) - warmup: 0.1 for e in opt_config.get("lr_steps_epochs", ())})
+    return step_schedule(peak, [int(round(e * spe)) - warmup for e in
+                                opt_config.get("lr_steps_epochs", ())],
+                         opt_config.get("lr_steps_factors", ()))
   epochs = max((total_steps - warmup) / spe, 1e-9)
 
   def cosine_epochs(count):
     epoch = jnp.floor(count / spe)
     return peak * 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(epoch / epochs, 1.0)))
   return cosine_epochs
+
+
+def step_schedule(peak: float, boundaries, factors=()):
+  """peak x factors[i] from step boundaries[i] on (x0.1, x0.01, ... without factors)."""
+  if factors and len(factors) != len(boundaries):
+    raise ConfigError(f"config.optimizer.lr_steps_factors={tuple(factors)} needs one factor "
+                      f"per epoch of config.optimizer.lr_steps_epochs ({len(boundaries)})")
+  values = jnp.asarray([1.0] + list(factors or [0.1**(i + 1) for i in range(len(boundaries))]),
+                       jnp.float32) * peak
+  steps = jnp.asarray(list(boundaries), jnp.int32)
+  return lambda count: values[jnp.sum(count >= steps)]
 
 
 def kernel_mask(params):
@@ -125,11 +139,15 @@ def matrix_mask(params):
 
 
 def decay_mask(opt_config):
-  """Which leaves get weight decay: "kernel" (default: kernel_mask) or "ndim" (matrix_mask)."""
+  """Which leaves get weight decay: "kernel" (default: kernel_mask), "ndim" (matrix_mask) or
+  "all" (torch's weight_decay on every parameter, e.g. lightly's SGD)."""
   rule = opt_config.get("decay_mask", "kernel")
-  if rule not in ("kernel", "ndim"):
-    raise ConfigError(f"config.optimizer.decay_mask={rule!r} is unknown; use 'kernel' or 'ndim'")
-  return kernel_mask if rule == "kernel" else matrix_mask
+  masks = dict(kernel=kernel_mask, ndim=matrix_mask, all=lambda params: jax.tree.map(
+      lambda _: True, params))
+  if rule not in masks:
+    raise ConfigError(f"config.optimizer.decay_mask={rule!r} is unknown; use 'kernel', "
+                      "'ndim' or 'all'")
+  return masks[rule]
 
 
 def weight_decay_schedule(opt_config, total_steps: int):
@@ -216,6 +234,10 @@ def _make_optimizer(opt_config, schedule, total_steps: int = 0) -> optax.Gradien
     mask = decay_mask(opt_config) if "decay_mask" in opt_config else None
     return optax.chain(optax.add_decayed_weights(opt_config.weight_decay, mask=mask),
                        optax.sgd(schedule, momentum=opt_config.momentum))
+  if name == "adam":   # torch.optim.Adam: weight decay is L2 added to every gradient
+    return optax.chain(optax.add_decayed_weights(opt_config.weight_decay),
+                       optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8),
+                       optax.scale_by_learning_rate(schedule))
   if name == "adamw" and opt_config.get("weight_decay_end") is not None:   # DINO
     return optax.chain(
         scale_by_torch_adamw(weight_decay_schedule(opt_config, total_steps),
@@ -225,4 +247,4 @@ def _make_optimizer(opt_config, schedule, total_steps: int = 0) -> optax.Gradien
     mask = None if opt_config.get("decay_all", False) else kernel_mask
     return optax.adamw(schedule, weight_decay=opt_config.weight_decay, mask=mask)
   raise ConfigError(f"config.optimizer.name={name!r} is unknown; use 'lars', 'lars_byol', "
-                    "'larc', 'sgd' or 'adamw'")
+                    "'larc', 'sgd', 'adam' or 'adamw'")

@@ -166,3 +166,22 @@ def test_smoke_run_through_the_cli(tmp_path):
   lines = smoke_run("byol", tmp_path)
   assert all(l["loss"] <= 8 for l in lines[:3])
   assert lines[0]["ema_momentum"] == pytest.approx(0.97)   # the smoke recipe's base
+
+
+def test_lightly_options_constant_momentum_copied_target_and_mean_negative_cosine():
+  """lightly's BYOL (cifar10): EMA 0.99 at every step (final_momentum = base), the target a
+  copy of the online encoder, loss 0.5 (-cos(p1, z2) - cos(p2, z1))."""
+  c = load("byol").get_config("smoke")
+  c.byol.update(base_momentum=0.99, final_momentum=0.99, target_init="copy",
+                loss="mean_negative_cosine")
+  c.run.total_steps = 100
+  assert [float(byol.momentum(s, c)) for s in (0, 50, 100)] == pytest.approx([0.99] * 3)
+  variables = jax.jit(lambda rng: byol.init(rng, c, None))(jax.random.key(0))
+  for a, b in zip(jax.tree.leaves(variables["params"]["encoder"]),
+                  jax.tree.leaves(variables["method_state"]["target_params"])):
+    np.testing.assert_array_equal(a, b)
+  c.byol.target_init = "random"
+  other = jax.jit(lambda rng: byol.init(rng, c, None))(jax.random.key(0))
+  assert max(float(np.abs(a - b).max()) for a, b in zip(
+      jax.tree.leaves(other["params"]["encoder"]),
+      jax.tree.leaves(other["method_state"]["target_params"]))) > 0

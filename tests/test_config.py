@@ -1,5 +1,6 @@
 """Every config variant loads and validates; bad values give one clear line."""
 import importlib.util
+import math
 import os
 
 import jax
@@ -169,6 +170,101 @@ def test_quickstart_monitors_knn_a_few_times():
 
 
 def test_variant_names_are_listed_from_the_config_files():
-  assert config_lib.variant_names(load("simclr_v2").get_config) == ["cifar10", "quickstart",
-                                                                     "smoke"]
+  assert config_lib.variant_names(load("simclr_v2").get_config) == [
+      "cifar10", "cifar10_orig", "quickstart", "smoke"]
   assert "cifar10_vit" in config_lib.variant_names(load("dino").get_config)
+
+
+# lightly's CIFAR-10 benchmark (cifar10_benchmark.py @42a6a924, METHODS.md §16): what every
+# benchmarked method's cifar10 variant shares, then each method's own values.
+LIGHTLY_COMMON = {
+    "batch_size": 512, "num_epochs": 200, "model.depth": 18, "model.cifar_stem": True,
+    "optimizer.momentum": 0.9, "optimizer.schedule": "cosine_epochs",
+    "optimizer.warmup_epochs": 0, "eval.knn_k": 200, "eval.knn_temperature": 0.1,
+    "eval.knn_every_epochs": 1, "eval.features": "backbone", "augment.color_impl": "torchvision",
+    "augment.crop_sampler": "torchvision", "augment.antialias": True, "augment.blur_prob": 0.0,
+    "augment.color_prob": 0.8, "augment.gray_prob": 0.2}
+SIMCLR = {"optimizer.name": "sgd", "loss.temperature": 0.5, "head.num_layers": 2,
+          "head.hidden_dim": 512, "head.out_dim": 128, "augment.crop_scale": (0.08, 1.0),
+          "augment.color_strength": 0.5}
+LIGHTLY = [   # (config, peak lr at batch 512, weight decay, the method's own values)
+    ("simclr_v1", 0.24, 5e-4, SIMCLR),
+    ("simclr_v2", 0.24, 5e-4, SIMCLR),
+    ("moco_v2", 0.24, 5e-4, {
+        "optimizer.name": "sgd", "loss.temperature": 0.1, "head.num_layers": 2,
+        "head.hidden_dim": 512, "head.out_dim": 128, "moco.queue_size": 8192,
+        "moco.momentum": 0.99, "moco.bn_batch": 64, "moco.symmetric": True,
+        "moco.symmetric_style": "lightly", "moco.color_jitter": (0.4, 0.4, 0.4, 0.1),
+        "augment.crop_scale": (0.08, 1.0)}),
+    ("byol", 0.24, 5e-4, {
+        "optimizer.name": "sgd", "head.hidden_dim": 1024, "head.out_dim": 256,
+        "byol.predictor_hidden_dim": 1024, "byol.base_momentum": 0.99,
+        "byol.final_momentum": 0.99, "byol.loss": "mean_negative_cosine",
+        "byol.target_init": "copy", "byol.color_jitter": (0.4, 0.4, 0.4, 0.1),
+        "byol.blur_probs": (0.0, 0.0), "byol.solarize_probs": (0.0, 0.0),
+        "augment.crop_scale": (0.08, 1.0)}),
+    ("simsiam", 0.06, 5e-4, {
+        "optimizer.name": "sgd", "optimizer.fixed_lr_module": "", "head.num_layers": 2,
+        "head.hidden_dim": 2048, "head.out_dim": 2048, "simsiam.predictor_hidden_dim": 512,
+        "simsiam.color_jitter": (0.4, 0.4, 0.4, 0.1), "augment.crop_scale": (0.2, 1.0)}),
+    ("swav", 4e-3, 1e-6, {
+        "optimizer.name": "adam", "head.hidden_dim": 512, "head.out_dim": 128,
+        "loss.temperature": 0.1, "swav.num_prototypes": 512, "swav.prototype_bias": True,
+        "swav.epsilon": 0.05, "swav.sinkhorn_iterations": 3, "swav.num_small_crops": 0,
+        "swav.queue_length": 0, "swav.freeze_prototypes_epochs": 0.0,
+        "augment.crop_scale": (0.14, 1.0), "augment.color_strength": 0.5}),
+    ("dino", 0.24, 5e-4, {
+        "optimizer.name": "sgd", "optimizer.decay_mask": "all", "model.name": "resnet",
+        "head.num_layers": 2, "head.hidden_dim": 2048, "head.bottleneck_dim": 256,
+        "head.out_dim": 2048, "head.use_bn": True, "head.norm_last_layer": True,
+        "dino.head_init": "torch", "dino.teacher_head": "own_init", "dino.student_temp": 0.1,
+        "dino.teacher_temp": 0.04, "dino.warmup_teacher_temp": 0.04,
+        "dino.center_momentum": 0.9, "dino.momentum_teacher": 0.99,
+        "dino.momentum_teacher_final": 0.99, "dino.freeze_last_layer": 0,
+        "dino.clip_grad": 0.0, "dino.local_crops_number": 0,
+        "dino.color_jitter": (0.4, 0.4, 0.2, 0.1), "dino.global_blur_probs": (0.0, 0.0),
+        "dino.global_solarize_probs": (0.0, 0.2), "augment.crop_scale": (0.4, 1.0),
+        "augment.resize_method": "bicubic"}),
+]
+
+
+def field(config, dotted):
+  value = config
+  for key in dotted.split("."):
+    value = value[key]
+  return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+@pytest.mark.parametrize("name, peak_lr, weight_decay, own", LIGHTLY, ids=[r[0] for r in LIGHTLY])
+def test_cifar10_variants_are_lightlys_benchmark(name, peak_lr, weight_decay, own):
+  """Each benchmarked method's cifar10 variant pins lightly's values at the table's commit
+  (per-epoch cosine without warmup: epoch 0 at the peak, epoch 1 one cosine step down) and
+  its docstring cites the script."""
+  from ssl_jax import optim   # pylint: disable=import-outside-toplevel
+  c = load(name).get_config("cifar10")
+  for key, expected in {**LIGHTLY_COMMON, **own}.items():
+    assert field(c, key) == pytest.approx(expected), key
+  assert c.optimizer.weight_decay == weight_decay
+  schedule = optim.lr_schedule(c.optimizer, c.batch_size, 97, 200 * 97)
+  assert float(schedule(96)) == pytest.approx(peak_lr, rel=1e-6)
+  assert float(schedule(97)) == pytest.approx(peak_lr * (1 + math.cos(math.pi / 200)) / 2,
+                                              rel=1e-6)
+  assert "cifar10_benchmark.py @42a6a924" in load(name).__doc__
+  config_lib.validate(c, device_count=1)
+
+
+@pytest.mark.parametrize("name, source", [
+    ("instdisc", "cifar.py"), ("invaspread", "demo_seen.py"), ("cpc", "our own protocol"),
+    ("cmc", "our own"), ("moco_v1", "moco_cifar10_demo.ipynb"), ("moco_v3", "our choice")])
+def test_other_cifar10_variants_cite_their_source(name, source):
+  doc = load(name).__doc__
+  section = doc[doc.index("  cifar10 "):doc.index("  quickstart")].lower()
+  assert source in section
+
+
+@pytest.mark.parametrize("name", ["moco_v2", "simclr_v1", "simclr_v2", "simsiam", "swav",
+                                  "dino"])
+def test_cifar10_orig_variants_validate(name):
+  c = load(name).get_config("cifar10_orig")
+  config_lib.validate(c, device_count=8)
+  assert (c.image_size, c.batch_size, c.model.depth) == (32, 512, 18)

@@ -22,11 +22,22 @@ pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 # ---------------------------------------------------------------------------- loss
 
-def test_zero_predictions_give_log_of_all_targets():
-  """§3.6 (a): every logit 0, so CE = ln(N * 49) per offset; N = 2: 3 ln 98 = 13.754902."""
+@pytest.mark.parametrize("offsets, expected", [((3,), 4.584967), ((3, 4, 5), 13.754902)])
+def test_zero_predictions_give_log_of_all_targets(offsets, expected):
+  """§3.6 (a): every logit 0, so CE = ln(N * 49) per offset; N = 2: ln 98 = 4.584967 for
+  the v2 pseudocode's one offset, 3 ln 98 = 13.754902 for DEEPUL's three."""
   targets = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 7, 64)), jnp.float32)
-  loss, _ = cpc.info_nce_grid(jnp.zeros((3, 2, 7, 7, 64)), targets, steps_to_ignore=2)
-  assert float(loss) == pytest.approx(13.754902, rel=1e-6)
+  loss, _ = cpc.info_nce_grid(jnp.zeros((len(offsets), 2, 7, 7, 64)), targets, offsets)
+  assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_defaults_are_the_papers():
+  """v2 pseudocode: one target 3 rows below, ReLUs as App. A.2; v2's final model: 4
+  directions; v1: a 60 x 60 window of each 64 x 64 patch. cifar10 is our own protocol."""
+  c = load("cpc").get_config().cpc
+  assert (tuple(c.offsets), c.directions, c.context_relu, c.patch_crop_size) == (
+      (3,), 4, "pseudocode", 60)
+  assert "our own protocol" in load("cpc").__doc__.lower()
 
 
 def test_predicting_each_target_exactly_drives_the_loss_to_zero():
@@ -35,10 +46,10 @@ def test_predicting_each_target_exactly_drives_the_loss_to_zero():
   g, scale = 7, 50.0
   targets = jnp.eye(64)[:g * g].reshape(1, g, g, 64)
   predictions = jnp.stack([scale * jnp.roll(targets, -(s + 3), axis=1) for s in range(3)])
-  loss, accuracy = cpc.info_nce_grid(predictions, targets, steps_to_ignore=2)
+  loss, accuracy = cpc.info_nce_grid(predictions, targets, (3, 4, 5))
   assert float(loss) < 1e-6 and float(accuracy) == 1.0
   wrong = jnp.stack([scale * jnp.roll(targets, -(s + 2), axis=1) for s in range(3)])
-  assert float(cpc.info_nce_grid(wrong, targets, steps_to_ignore=2)[0]) > 100
+  assert float(cpc.info_nce_grid(wrong, targets, (3, 4, 5))[0]) > 100
 
 
 def test_global_negatives_on_8_devices_equal_one_batch():
@@ -49,14 +60,14 @@ def test_global_negatives_on_8_devices_equal_one_batch():
 
   def local(p, t):
     (loss, accuracy), grads = jax.value_and_grad(
-        lambda p, t: cpc.info_nce_grid(p, t, 2, parallel.AXIS), argnums=(0, 1),
+        lambda p, t: cpc.info_nce_grid(p, t, (3, 4, 5), parallel.AXIS), argnums=(0, 1),
         has_aux=True)(p, t)
     return jax.lax.pmean((loss, accuracy), parallel.AXIS), grads
   (loss, accuracy), grads = jax.jit(jax.shard_map(
       local, mesh=mesh, in_specs=(P(None, parallel.AXIS), P(parallel.AXIS)),
       out_specs=((P(), P()), (P(None, parallel.AXIS), P(parallel.AXIS)))))(predictions, targets)
   (expected, expected_accuracy), expected_grads = jax.value_and_grad(
-      lambda p, t: cpc.info_nce_grid(p, t, 2), argnums=(0, 1), has_aux=True)(
+      lambda p, t: cpc.info_nce_grid(p, t, (3, 4, 5)), argnums=(0, 1), has_aux=True)(
           predictions, targets)
   assert float(loss) == pytest.approx(float(expected), rel=1e-5)
   assert float(accuracy) == pytest.approx(float(expected_accuracy))
@@ -77,6 +88,39 @@ def test_context_row_r_never_sees_rows_below():
   reach = np.abs(np.asarray(jacobian)).sum(axis=(0, 2, 3, 4, 6, 7))   # (row out, row in)
   above = np.subtract.outer(np.arange(g), np.arange(g))    # r - r'
   np.testing.assert_array_equal(reach > 0, (above >= 0) & (above <= 5))
+
+
+def context_by_hand(params, z, blocks: int, deepul: bool):
+  """The context stack written out with shifts: 1x3 = columns c-1, c, c+1 (zero padded);
+  2x1 after a zero row on top = rows r-1, r."""
+  relu = lambda v: np.maximum(v, 0)  # noqa: E731
+  conv = lambda i: (np.asarray(params[f"Conv_{i}"]["kernel"]),  # noqa: E731
+                    np.asarray(params[f"Conv_{i}"]["bias"]))
+  x = np.asarray(z)
+  for b in range(blocks):
+    (w1, b1), (w3, b3), (w2, b2), (w4, b4) = (conv(4 * b + k) for k in range(4))
+    y = relu(x @ w1[0, 0] + b1)
+    padded = np.pad(y, ((0, 0), (0, 0), (1, 1), (0, 0)))
+    y = sum(padded[:, :, k:k + y.shape[2]] @ w3[0, k] for k in range(3)) + b3
+    y = relu(y) if deepul else y
+    above = np.pad(y, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
+    y = relu(above @ w2[0, 0] + y @ w2[1, 0] + b2)
+    x = x + y @ w4[0, 0] + b4
+    if deepul and b < blocks - 1:
+      x = relu(x)
+  return x if deepul else relu(x)
+
+
+@pytest.mark.parametrize("relu", ["pseudocode", "deepul"])
+def test_context_network_relus(relu):
+  """pseudocode: no ReLU after the 1x3 conv or between blocks, one after the stack;
+  deepul: both, and none after the last block."""
+  z = jnp.asarray(np.random.default_rng(5).normal(size=(2, 4, 4, 6)), jnp.float32)
+  net = cpc_models.ContextNetwork(width=8, num_blocks=2, relu=relu)
+  params = net.init(jax.random.key(1), z)
+  np.testing.assert_allclose(net.apply(params, z),
+                             context_by_hand(params["params"], z, 2, relu == "deepul"),
+                             rtol=1e-4, atol=1e-5)
 
 
 def test_rotations_give_the_other_directions():
@@ -123,6 +167,27 @@ def test_every_patch_is_augmented_on_its_own():
   np.testing.assert_array_equal(shifted[0], out[1])   # keyed by the global row
 
 
+def test_patch_crop_keeps_one_random_window_in_place():
+  """v1's jitter: a 3 x 3 window of each 4 x 4 patch keeps its pixels where they were; the
+  rest is the ImageNet mean (0 after normalisation); windows differ between patches."""
+  patch = jnp.asarray(np.random.default_rng(6).uniform(size=(4, 4, 3)), jnp.float32)
+  mean = np.asarray(IMAGENET_MEAN, np.float32)
+  windows = set()
+  for seed in range(12):
+    out = np.asarray(patches_lib.crop_in_place(jax.random.key(seed), patch, 3))
+    kept = np.all(out == np.asarray(patch), axis=-1)
+    rows, cols = np.nonzero(kept)
+    top, left = rows.min(), cols.min()
+    assert kept.sum() == 9 and kept[top:top + 3, left:left + 3].all()
+    np.testing.assert_array_equal(out[~kept], np.broadcast_to(mean, out[~kept].shape))
+    windows.add((top, left))
+  assert len(windows) > 1
+  spec = patches_lib.PatchAugment(flip=False, color_prob=0.0, gray_prob=0.0,
+                                  color_drop_prob=0.0, crop_size=3)
+  out = np.asarray(patches_lib.augment_patch(jax.random.key(0), patch, spec))
+  assert np.sum(np.all(out == np.asarray(patch), axis=-1)) == 9
+
+
 # ------------------------------------------------------------------ model and step
 
 def test_encoder_uses_layer_norm_and_eval_features_are_grid_means():
@@ -161,13 +226,15 @@ def test_8_devices_equal_1_device():
 
 @pytest.mark.parametrize("field, value, message", [
     ("patch_stride", 5, "config.cpc.patch_size=8 and config.cpc.patch_stride=5"),
-    ("steps_to_predict", 3, "config.cpc.steps_to_ignore=0 + steps_to_predict=3"),
+    ("offsets", (1, 3), r"config.cpc.offsets=\(1, 3\) must be rows ahead from 1 to 2"),
+    ("context_relu", "all", "config.cpc.context_relu='all' is unknown"),
+    ("patch_crop_size", 9, r"config.cpc.patch_crop_size=9 must be in \[0, patch_size=8\]"),
     ("directions", 3, "config.cpc.directions=3"),
 ])
 def test_bad_grid_settings_give_one_line(field, value, message):
   config = load("cpc").get_config("smoke")
   config.cpc[field] = value
-  with pytest.raises(ConfigError, match=message.replace("+", r"\+")):
+  with pytest.raises(ConfigError, match=message):
     cpc.validate(config)
 
 

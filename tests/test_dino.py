@@ -294,3 +294,23 @@ def test_evaluation_reads_the_teacher_and_the_probe_the_student(runs):
 def test_smoke_run_through_the_cli(tmp_path):
   lines = smoke_run("dino", tmp_path)
   assert lines[0]["teacher_temp"] == pytest.approx(0.04)
+
+
+def test_lightly_head_init_and_the_teachers_own_head():
+  """dino.head_init="torch": nn.Linear's default, U(+-1/sqrt(fan_in)) for kernel and bias;
+  teacher_head="own_init": the teacher copies the student's backbone, not its head;
+  momentum_teacher_final = momentum_teacher: a constant EMA."""
+  c = dino_config.get_config("smoke")
+  c.dino.update(head_init="torch", teacher_head="own_init", momentum_teacher=0.99,
+                momentum_teacher_final=0.99)
+  c.run.total_steps = 100
+  assert float(dino.teacher_momentum(50, c)) == pytest.approx(0.99)
+  state = jax.jit(lambda rng: dino.init(rng, c, None))(jax.random.key(0))
+  student, teacher = state["params"], state["method_state"]["teacher"]["params"]
+  for a, b in zip(jax.tree.leaves(student["backbone"]), jax.tree.leaves(teacher["backbone"])):
+    np.testing.assert_array_equal(a, b)
+  first = student["head"]["Dense_0"]
+  bound = 1 / math.sqrt(first["kernel"].shape[0])
+  assert float(np.abs(first["kernel"]).max()) <= bound and float(np.abs(first["bias"]).max()) > 0
+  assert float(np.std(first["kernel"])) == pytest.approx(bound / math.sqrt(3), rel=0.1)
+  assert float(np.abs(first["kernel"] - teacher["head"]["Dense_0"]["kernel"]).max()) > 0

@@ -100,8 +100,8 @@ def test_8_devices_equal_1_device():
 
 
 def test_paper_settings_and_the_schedule_the_code_runs():
-  """demo_seen.py's `if epoch >= 120 ... elif epoch >= 160` never reaches its later
-  branches: 0.03 until epoch 120, then 0.003 to the end."""
+  """demo_seen.py:160-168 at 29de398 (after "fix lr bug"): x1 below epoch 120, x0.1 on
+  [120, 160), x0.05 on [160, 200), x0.01 from 200."""
   c = load("invaspread").get_config()
   assert (c.batch_size, c.loss.temperature, c.head.out_dim, c.num_epochs) == (128, 0.1, 128, 301)
   assert (c.optimizer.name, c.optimizer.weight_decay, c.optimizer.momentum) == ("sgd", 5e-4, 0.9)
@@ -109,9 +109,10 @@ def test_paper_settings_and_the_schedule_the_code_runs():
   assert (view.crop_scale, view.color_prob, view.hue, view.gray_prob, view.blur_prob) == (
       (0.2, 1.0), 1.0, 0.4, 0.2, 0.0)
   schedule = optim.lr_schedule(c.optimizer, c.batch_size, 390, 301 * 390)
-  epochs = (0, 119, 120, 160, 200, 300)
+  epochs = (0, 119, 120, 159, 160, 199, 200, 300)
   assert [float(schedule(e * 390)) for e in epochs] == pytest.approx(
-      [0.03, 0.03, 0.003, 0.003, 0.003, 0.003])
+      [0.03, 0.03, 0.003, 0.003, 0.0015, 0.0015, 0.0003, 0.0003])
+  assert float(schedule(120 * 390 - 1)) == pytest.approx(0.03)
 
 
 def test_smoke_run_through_the_cli(tmp_path):

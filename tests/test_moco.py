@@ -140,12 +140,13 @@ def test_split_bn_normalises_each_group_on_its_own():
 # ------------------------------------------------------------------ the real step
 
 def tiny_config(devices):
-  """8 BN batches of 2 in total, whatever the device count: 8 devices x 1 group or
+  """BN batches of 2 (moco.bn_batch), whatever the device count: 8 devices x 1 group or
   1 device x 8 groups."""
+  del devices   # the groups follow from bn_batch
   c = load("moco_v2").get_config("smoke")
   c.batch_size, c.image_size = BATCH, 16
   c.model.width = 1 / 16
-  c.moco.update(queue_size=2 * BATCH, bn_groups=8 // devices, momentum=0.99)
+  c.moco.update(queue_size=2 * BATCH, bn_batch=2, momentum=0.99)
   c.run.update(steps_per_epoch=10, total_steps=100)
   return c
 
@@ -187,8 +188,11 @@ def expected_keys(config, state):
   return keys
 
 
-def test_queue_holds_the_expected_keys_after_each_step_on_8_devices(runs):
-  (config, states, _), _ = runs
+@pytest.mark.parametrize("devices", [8, 1])
+def test_queue_holds_the_expected_keys_after_each_step(runs, devices):
+  """The keys come from BN batches of moco.bn_batch = 2 of the shuffled batch, on 8
+  devices (1 group each) and on 1 device (8 groups: shuffle BN without 8 devices)."""
+  (config, states, _) = runs[0] if devices == 8 else runs[1]
   size = config.moco.queue_size
   for t in range(2):   # the second push fills the queue and wraps the pointer to 0
     before, after = states[t].method_state, states[t + 1].method_state
@@ -202,11 +206,9 @@ def test_queue_holds_the_expected_keys_after_each_step_on_8_devices(runs):
     np.testing.assert_array_equal(after["queue"][untouched], before["queue"][untouched])
 
 
-def test_8_devices_equal_1_device_with_8_bn_groups(runs):
-  """With 8 devices x 1 group vs 1 device x 8 groups the BN batches, the permutation and
-  the queue are the same, so the runs agree. With the same bn_groups they cannot: shuffle
-  BN is per-device BN by design, so the BN batches (and the loss) depend on the device
-  count, exactly as the original's do on 8 vs 4 GPUs."""
+def test_8_devices_equal_1_device_with_the_same_bn_batch(runs):
+  """With 8 devices x 1 group vs 1 device x 8 groups of moco.bn_batch the BN batches, the
+  permutation and the queue are the same, so the runs agree."""
   (_, s8, m8), (_, s1, m1) = runs
   for a, b in zip(m8, m1):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=2e-5)
@@ -287,7 +289,8 @@ def test_v1_step_schedule_and_v2_per_epoch_cosine():
 
 @pytest.mark.parametrize("field, value, message", [
     ("queue_size", 100, r"config.moco.queue_size=100 is not a multiple of the 32 keys"),
-    ("bn_groups", 3, r"config.moco.bn_groups=3 does not divide the per-device batch of 4"),
+    ("bn_batch", 3, r"config.moco.bn_batch=3 does not divide the per-device batch of 4"),
+    ("symmetric_style", "mean", r"config.moco.symmetric_style='mean' is unknown"),
 ])
 def test_bad_moco_fields_are_config_errors(field, value, message):
   from ssl_jax import config as config_lib
@@ -295,6 +298,45 @@ def test_bad_moco_fields_are_config_errors(field, value, message):
   c.moco[field] = value
   with pytest.raises(ConfigError, match=message):
     config_lib.validate(c, device_count=8)
+
+
+def test_bn_batch_sets_the_groups_on_any_device_count():
+  """The ImageNet default's BN batch of 32 (8 GPUs x 32): 8 groups at batch 256 on one
+  device, 1 on each of 8; the demo's / lightly's 8 splits of 512 = 64."""
+  c = load("moco_v1").get_config()
+  assert c.moco.bn_batch == 32
+  assert (moco.bn_groups(c, 256), moco.bn_groups(c, 32)) == (8, 1)
+  for name in ("moco_v1", "moco_v2"):
+    assert load(name).get_config("cifar10").moco.bn_batch == 64
+
+
+def test_symmetric_styles_demo_sums_lightly_averages_and_pushes_between(runs):
+  """demo: L(a->b) + L(b->a), both against the step's queue, keys of a then b pushed;
+  lightly: 0.5 (L(a->b) + L(b->a)), the second against the queue holding b's keys."""
+  config = tiny_config(1)
+  config.moco.shuffle_bn = False   # each direction alone then draws the same key BN batches
+  state = runs[1][1][1]
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  images = np.random.default_rng(4).uniform(size=(2, BATCH, 16, 16, 3)).astype(np.float32)
+
+  def loss(views, queue, symmetric, style="demo"):
+    config.moco.update(symmetric=symmetric, symmetric_style=style)
+    ms = dict(state.method_state, queue=queue)
+    fn = lambda x: moco.loss_fn(state.params, state.replace(method_state=ms),   # noqa: E731
+                                {"views": [x[0], x[1]]}, None, state.step, config=config)
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=P(), out_specs=P(),
+                                 check_vma=False))(views)
+  queue, ptr = state.method_state["queue"], state.method_state["queue_ptr"]
+  demo, demo_aux = loss(images, queue, True)
+  lightly, lightly_aux = loss(images, queue, True, "lightly")
+  keys_b, keys_a = np.split(np.asarray(lightly_aux["keys"]), 2)
+  np.testing.assert_allclose(demo_aux["keys"], np.concatenate([keys_a, keys_b]), atol=1e-6)
+  a_to_b = float(loss(images, queue, False)[0])
+  b_to_a = float(loss(images[::-1], queue, False)[0])
+  b_to_a_after_push = float(loss(images[::-1], moco.push(queue, ptr, keys_b)[0], False)[0])
+  assert float(demo) == pytest.approx(a_to_b + b_to_a, rel=1e-5)
+  assert float(lightly) == pytest.approx(0.5 * (a_to_b + b_to_a_after_push), rel=1e-5)
+  assert abs(b_to_a_after_push - b_to_a) > 1e-4
 
 
 def test_symmetric_needs_room_for_both_views_keys():

@@ -79,3 +79,30 @@ def test_unknown_optimizer_and_rule_are_config_errors():
     optim.make_optimizer(opt_config(name="adagrad"), 0.1)
   with pytest.raises(ConfigError, match="config.optimizer.lr_scaling"):
     optim.scaled_lr(opt_config(lr_scaling="cubic"), 256)
+
+
+def test_step_schedule_with_factors_and_the_default_tenfold_steps():
+  """lr_steps_factors are factors of the peak from each epoch on (InvaSpread: 0.1, 0.05,
+  0.01); without them each step is x0.1 once more (MoCo v1)."""
+  steps = opt_config(schedule="steps", warmup_epochs=0, lr_scaling="none", base_lr=0.03,
+                     lr_steps_epochs=(2, 3), lr_steps_factors=(0.1, 0.05))
+  schedule = optim.lr_schedule(steps, 128, 10, 50)
+  assert [float(schedule(s)) for s in (0, 19, 20, 29, 30, 49)] == pytest.approx(
+      [0.03, 0.03, 0.003, 0.003, 0.0015, 0.0015])
+  steps.lr_steps_factors = ()
+  schedule = optim.lr_schedule(steps, 128, 10, 50)
+  assert [float(schedule(s)) for s in (19, 20, 30)] == pytest.approx([0.03, 0.003, 0.0003])
+  steps.lr_steps_factors = (0.1,)
+  with pytest.raises(ConfigError, match="config.optimizer.lr_steps_factors=.0.1,. needs one"):
+    optim.lr_schedule(steps, 128, 10, 50)
+
+
+def test_adam_adds_l2_weight_decay_to_the_gradient():
+  """torch.optim.Adam(weight_decay=wd) (lightly's SwAV): the first step is -lr sign(g + wd w)
+  for every parameter, biases included (Adam's first step is the sign)."""
+  tx = optim.make_optimizer(opt_config(name="adam", weight_decay=0.5), 0.1)
+  params = {"w": jnp.array([1.0, -2.0]), "bias": jnp.array([4.0])}
+  grads = {"w": jnp.array([-0.2, 0.5]), "bias": jnp.array([-1.0])}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["w"], [-0.1, 0.1], rtol=1e-5)      # g + 0.5 w = 0.3, -0.5
+  np.testing.assert_allclose(updates["bias"], [-0.1], rtol=1e-5)        # -1 + 2 = 1

@@ -235,3 +235,15 @@ def test_step_normalises_prototypes_and_fills_the_queue(runs):
 
 def test_smoke_run_through_the_cli(tmp_path):
   smoke_run("swav", tmp_path)
+
+
+def test_prototype_bias_is_lightlys_linear_and_refuses_a_queue():
+  c = load("swav").get_config("smoke")
+  c.swav.update(prototype_bias=True, queue_length=0)
+  params = jax.jit(lambda rng: swav.init(rng, c, None))(jax.random.key(0))["params"]
+  bias = params["prototypes"]["bias"]
+  assert bias.shape == (c.swav.num_prototypes,) and float(np.abs(bias).max()) > 0
+  np.testing.assert_allclose(np.linalg.norm(params["prototypes"]["kernel"], axis=0), 1, rtol=1e-5)
+  c.swav.queue_length = 64
+  with pytest.raises(ConfigError, match="config.swav.prototype_bias=True re-scores no queue"):
+    swav.validate(c)

@@ -3,8 +3,9 @@
   python experiments/cifar10/run.py --method_config=configs/simclr_v2.py \
       --data=.packed/cifar10.npz [--epochs=200] [--override model.width=0.5 ...]
 
-Pretrains the config file's `cifar10` variant on the packed data (kNN monitor every
---knn_every_epochs), then runs the offline linear protocol on the final checkpoint, and
+Pretrains the config file's `cifar10` variant (lightly's benchmark recipe for the methods it
+benchmarks; --variant=cifar10_orig for the original's own CIFAR recipe where there is one)
+on the packed data (kNN monitor every --knn_every_epochs, default the variant's), then runs the offline linear protocol on the final checkpoint, and
 writes one JSON line: accuracies, throughput, card, command and date. A run stopped by
 SIGTERM (e.g. `timeout`) checkpoints; the same command resumes it. See README.md here.
 """
@@ -33,7 +34,10 @@ def parse_args(argv):
   p.add_argument("--workdir", default="", help="default runs/cifar10/<name>")
   p.add_argument("--name", default="", help="row label (default: the config file's stem)")
   p.add_argument("--epochs", type=int, default=200)
-  p.add_argument("--knn_every_epochs", type=int, default=10)
+  p.add_argument("--variant", default="cifar10",
+                 help="cifar10 (lightly's benchmark recipe) or cifar10_orig where there is one")
+  p.add_argument("--knn_every_epochs", type=int, default=None,
+                 help="default: the variant's (1 for lightly's benchmark recipes)")
   p.add_argument("--linear_epochs", type=int, default=90)
   p.add_argument("--override", action="append", default=[], metavar="FIELD=VALUE",
                  help="config field, e.g. model.width=0.5 (repeatable)")
@@ -138,10 +142,11 @@ def linear_eval(workdir: str, epochs: int) -> tuple[dict, float]:
 def main(argv=None) -> dict:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   import jax  # pylint: disable=import-outside-toplevel
-  config = load_config(args.method_config)
+  config = load_config(args.method_config, args.variant)
   config.dataset = f"packed:{os.path.abspath(args.data)}"
   config.num_epochs = args.epochs
-  config.eval.knn_every_epochs = args.knn_every_epochs
+  if args.knn_every_epochs is not None:
+    config.eval.knn_every_epochs = args.knn_every_epochs
   for text in args.override:
     apply_override(config, text)
   name = args.name or os.path.splitext(os.path.basename(args.method_config))[0]
@@ -151,7 +156,7 @@ def main(argv=None) -> dict:
   linear, linear_s = linear_eval(workdir, args.linear_epochs)
   spe = config.run.steps_per_epoch
   row = {
-      "method": name, "config": f"{args.method_config}:cifar10",
+      "method": name, "config": f"{args.method_config}:{args.variant}",
       "overrides": args.override,
       "command": " ".join(shlex.quote(a) for a in ["python", sys.argv[0]] + (
           sys.argv[1:] if argv is None else list(argv))),

@@ -3,7 +3,7 @@
 `patch_grid` cuts (N, S, S, C) images into a G x G grid of overlapping P x P patches
 with stride `stride`, G = (S - P) / stride + 1 (CPC: 256 px -> 7 x 7 of 64 px, stride 32;
 at CIFAR scale 32 px -> 7 x 7 of 8 px, stride 4). `augment_patches` gives every patch its
-own random flip, colour jitter, greyscale and colour dropping, with a key that depends
+own random flip, colour jitter, greyscale, colour dropping and (CPC v1) sub-crop, with a key that depends
 only on the example's global row and the patch position, so a batch split over any
 number of devices is augmented identically.
 """
@@ -39,6 +39,7 @@ class PatchAugment:
   brightness_impl: str = "additive"
   gray_prob: float = 0.25
   color_drop_prob: float = 1.0      # keep one random channel, the other two set to the mean
+  crop_size: int = 0                # > 0: CPC v1's jitter, a random crop_size^2 window kept
 
   def view(self, size: int) -> augment.View:
     b, c, s, h = self.jitter
@@ -55,6 +56,19 @@ def color_drop(key, patch):
   return jnp.where(jnp.arange(patch.shape[-1]) == keep, patch, mean)
 
 
+def crop_in_place(key, patch, size: int):
+  """CPC v1's per-patch jitter (§3.2: a random 60 x 60 sub-crop of each 64 x 64 patch,
+  padded back to 64 x 64), as DEEPUL does it (cpc.py:38-45): the window stays where it
+  was and the rest becomes the ImageNet mean, 0 after the input normalisation (zero
+  padding of the network's input)."""
+  p = patch.shape[0]
+  top, left = jax.random.randint(key, (2,), 0, p - size + 1)
+  pixels = jnp.arange(p)
+  inside = lambda start: (pixels >= start) & (pixels < start + size)  # noqa: E731
+  window = inside(top)[:, None, None] & inside(left)[None, :, None]
+  return jnp.where(window, patch, jnp.asarray(IMAGENET_MEAN, patch.dtype))
+
+
 def augment_patch(key, patch, spec: PatchAugment):
   """One (P, P, 3) float patch in [0, 1] -> augmented, same shape."""
   k_flip, k_photo, k_drop, k_drop_p = jax.random.split(key, 4)
@@ -64,6 +78,8 @@ def augment_patch(key, patch, spec: PatchAugment):
   if spec.color_drop_prob > 0:
     dropped = color_drop(k_drop, patch)
     patch = jnp.where(jax.random.uniform(k_drop_p) < spec.color_drop_prob, dropped, patch)
+  if 0 < spec.crop_size < patch.shape[0]:   # last, so the padding stays at the mean
+    patch = crop_in_place(jax.random.fold_in(key, 4), patch, spec.crop_size)
   return patch
 
 

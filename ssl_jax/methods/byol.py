@@ -63,23 +63,38 @@ def validate(config, device_count=None):
     raise ConfigError(f"config.byol.blur_probs={tuple(b.blur_probs)} and "
                       f"config.byol.solarize_probs={tuple(b.solarize_probs)} need one value "
                       "per view (2 each)")
-  if not 0 <= b.base_momentum <= 1:
-    raise ConfigError(f"config.byol.base_momentum={b.base_momentum} must be in [0, 1]")
+  if not 0 <= b.base_momentum <= b.final_momentum <= 1:
+    raise ConfigError(f"config.byol.base_momentum={b.base_momentum} and final_momentum="
+                      f"{b.final_momentum} must satisfy 0 <= base <= final <= 1")
+  if b.loss not in LOSSES or b.target_init not in ("random", "copy"):
+    raise ConfigError(f"config.byol.loss={b.loss!r} / target_init={b.target_init!r}: use "
+                      f"loss in {LOSSES} and target_init 'random' (BYOL) or 'copy' (lightly)")
 
 
 def init(rng, config, sample_batch):
   del sample_batch  # shapes come from the config
   online_rng, target_rng = jax.random.split(rng)
   variables = common.init_variables(online(config), online_rng, config)
-  # As the original: the target starts from its own random weights, not a copy.
+  # As the original: the target starts from its own random weights, not a copy
+  # (target_init="copy": lightly's deepcopy of the online backbone and projector).
   target = common.init_variables(encoder(config), target_rng, config)
+  if config.byol.target_init == "copy":
+    target = dict(params=jax.tree.map(jnp.copy, variables["params"]["encoder"]),
+                  batch_stats=jax.tree.map(jnp.copy, variables["batch_stats"]["encoder"]))
   return dict(params=variables["params"], batch_stats=variables["batch_stats"],
               method_state=dict(target_params=target["params"],
                                 target_batch_stats=target["batch_stats"]))
 
 
 def momentum(step, config):
-  return ema.cosine_momentum(step, config.run.total_steps, config.byol.base_momentum)
+  """base -> final on a per-step cosine (BYOL: 0.996 -> 1; final = base: constant)."""
+  b = config.byol
+  return ema.cosine_momentum(step, config.run.total_steps, b.base_momentum, b.final_momentum)
+
+
+# "sum_mse": BYOL's sum over both directions of 2 - 2 cos; "mean_negative_cosine":
+# lightly's mean of -cos (the same minimum, 1/4 of the gradient).
+LOSSES = ("sum_mse", "mean_negative_cosine")
 
 
 def symmetric_loss(predictions, targets):
@@ -106,7 +121,11 @@ def loss_fn(params, state, batch, rng, step, *, config):
     predictions.append(p)
     features.append(h)
     targets.append(jax.lax.stop_gradient(z_target))
-  loss = symmetric_loss(predictions, targets)
+  if config.byol.loss == "mean_negative_cosine":   # lightly: 0.5 (-cos(p1, z2) - cos(p2, z1))
+    loss = 0.5 * (losses.negative_cosine(predictions[0], targets[1]) +
+                  losses.negative_cosine(predictions[1], targets[0]))
+  else:
+    loss = symmetric_loss(predictions, targets)
   metrics = dict(ema_momentum=momentum(step, config), embedding_std=common.embedding_std(z))
   return loss, dict(batch_stats=stats, target_batch_stats=target_stats, features=features[0],
                     metrics=metrics)

@@ -8,12 +8,16 @@ Each augmented crop is cut, on the device, into a G x G grid of overlapping patc
 colour dropping) and is encoded alone by a ResNet with LayerNorm (v2: BN would let
 patches talk through batch statistics), mean-pooled to z[r, c]. A row-causal
 PixelCNN-style stack turns the grid into contexts c[r, c] that see rows <= r; a linear
-map per offset predicts the 64-d target t = W z of the patch k rows below, for
-k = steps_to_ignore + 1 ... steps_to_ignore + steps_to_predict (3, 4, 5: nearer rows
-overlap the context's patches). InfoNCE with no temperature or normalisation scores each
+map per offset predicts the 64-d target t = W z of the patch k rows below, for each k in
+`cpc.offsets`: (3,) by default, the v2 pseudocode's `range(steps_to_ignore,
+steps_to_predict)` with its defaults 2 and 3 (App. A.2 [P~]); DEEPUL loops (3, 4, 5), and
+v1 (§3.2) predicts "up to five rows" without saying which near rows it skips; rows 1-2
+overlap the context's patch. InfoNCE with no temperature or normalisation scores each
 prediction against every target of the global batch (all positions of all images,
 gathered across devices, with gradients); the loss is the mean over positions summed over
-offsets and over prediction directions (v2 also predicts upwards; `directions`).
+offsets and over prediction directions (`directions`: v2's final model predicts from
+above, below, the left and the right, §4.1 [P~]; each direction is a rotation of the grid
+with its own context network and predictors).
 """
 import jax
 import jax.numpy as jnp
@@ -36,10 +40,10 @@ def network(config, axis_name=None) -> cpc_models.CPCNetwork:
   m, c = config.model, config.cpc
   encoder = resnet.resnet(m.depth, width=m.width, cifar_stem=m.cifar_stem,
                           sk_ratio=m.sk_ratio, dtype=dtype, axis_name=axis_name, norm=c.norm)
-  return cpc_models.CPCNetwork(encoder, target_dim=c.target_dim, steps=c.steps_to_predict,
+  return cpc_models.CPCNetwork(encoder, target_dim=c.target_dim, steps=len(c.offsets),
                                directions=c.directions, context_width=c.context_width,
-                               context_blocks=c.context_blocks, emb_scale=c.emb_scale,
-                               dtype=dtype)
+                               context_blocks=c.context_blocks, context_relu=c.context_relu,
+                               emb_scale=c.emb_scale, dtype=dtype)
 
 
 def patch_spec(config) -> patches_lib.PatchAugment:
@@ -47,7 +51,7 @@ def patch_spec(config) -> patches_lib.PatchAugment:
   return patches_lib.PatchAugment(
       flip=c.patch_flip, color_prob=c.patch_color_prob, jitter=tuple(c.patch_jitter),
       brightness_impl=c.patch_brightness_impl, gray_prob=c.patch_gray_prob,
-      color_drop_prob=c.color_drop_prob)
+      color_drop_prob=c.color_drop_prob, crop_size=c.patch_crop_size)
 
 
 def views(config):
@@ -74,11 +78,17 @@ def validate(config, device_count=None):
     raise ConfigError(f"config.cpc.patch_size={patch} and config.cpc.patch_stride={stride} "
                       f"do not tile config.image_size={size}; image_size - patch_size must "
                       "be a multiple of patch_stride")
-  reach = c.steps_to_ignore + c.steps_to_predict
-  if c.steps_to_predict < 1 or c.steps_to_ignore < 0 or grid(config) <= reach:
-    raise ConfigError(f"config.cpc.steps_to_ignore={c.steps_to_ignore} + steps_to_predict="
-                      f"{c.steps_to_predict} must be below the grid of {grid(config)} rows "
-                      "(and steps_to_predict >= 1); predict fewer rows or use more patches")
+  offsets = tuple(c.offsets)
+  if not offsets or min(offsets) < 1 or max(offsets) >= grid(config):
+    raise ConfigError(f"config.cpc.offsets={offsets} must be rows ahead from 1 to "
+                      f"{grid(config) - 1} (the grid has {grid(config)} rows); predict fewer "
+                      "rows or use more patches")
+  if not 0 <= c.patch_crop_size <= patch:
+    raise ConfigError(f"config.cpc.patch_crop_size={c.patch_crop_size} must be in [0, "
+                      f"patch_size={patch}] (0 = no per-patch crop)")
+  if c.context_relu not in cpc_models.CONTEXT_RELUS:
+    raise ConfigError(f"config.cpc.context_relu={c.context_relu!r} is unknown; use one of "
+                      f"{cpc_models.CONTEXT_RELUS}")
   if c.directions not in (1, 2, 4):
     raise ConfigError(f"config.cpc.directions={c.directions} is not 1 (top-down), 2 (and "
                       "bottom-up) or 4 (and both horizontal directions)")
@@ -94,11 +104,11 @@ def init(rng, config, sample_batch):
               method_state={})
 
 
-def info_nce_grid(predictions, targets, steps_to_ignore: int, axis_name=None):
+def info_nce_grid(predictions, targets, offsets, axis_name=None):
   """CPC's loss for one direction: (sum over offsets of the mean CE, mean accuracy).
 
   predictions: (S, n, G, G, T), prediction s made at (r, c) for the patch at
-  (r + steps_to_ignore + s + 1, c); targets: (n, G, G, T) of this device's images. Every
+  (r + offsets[s], c); targets: (n, G, G, T) of this device's images. Every
   prediction is scored against all targets of the (global) batch; rows whose target
   falls off the grid are left out.
   """
@@ -107,8 +117,7 @@ def info_nce_grid(predictions, targets, steps_to_ignore: int, axis_name=None):
   first = parallel.first_row(n) if axis_name else 0
   every = parallel.gather(flat) if axis_name else flat
   total, correct = 0.0, []
-  for s in range(predictions.shape[0]):
-    offset = steps_to_ignore + s + 1
+  for s, offset in enumerate(offsets):
     rows = g - offset
     logits = predictions[s, :, :rows].reshape(-1, dim) @ every.T
     b, r, c = jnp.meshgrid(jnp.arange(n), jnp.arange(rows), jnp.arange(g), indexing="ij")
@@ -137,7 +146,7 @@ def loss_fn(params, state, batch, rng, step, *, config):
   loss, accuracy = 0.0, 0.0
   for d, turns in enumerate(cpc_models.quarter_turns(c.directions)):
     l, a = info_nce_grid(predictions[d], cpc_models.rotate(targets, turns),
-                         c.steps_to_ignore, parallel.AXIS)
+                         tuple(c.offsets), parallel.AXIS)
     loss, accuracy = loss + l, accuracy + a / c.directions
   features = jax.lax.stop_gradient(z.mean((1, 2)))
   metrics = dict(cpc_accuracy=accuracy, feature_std=jnp.std(features, axis=0).mean())

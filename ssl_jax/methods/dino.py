@@ -72,7 +72,7 @@ def network(config, axis_name=None, teacher: bool = False) -> MultiCrop:
     backbone = backbone.clone(drop_path=0.0)
   h = config.head
   head = DINOHead(h.out_dim, h.hidden_dim, h.bottleneck_dim, h.num_layers, h.use_bn,
-                  h.norm_last_layer, dtype, axis_name)
+                  h.norm_last_layer, dtype, axis_name, init_scheme=config.dino.head_init)
   return MultiCrop(backbone, head)
 
 
@@ -111,19 +111,31 @@ def validate(config, device_count=None):
     raise ConfigError(f"config.optimizer.weight_decay_end={opt.weight_decay_end} only "
                       f"applies to adamw; set it to weight_decay={opt.weight_decay} for "
                       f"{opt.name}")
-  for field in ("momentum_teacher", "center_momentum"):
+  for field in ("momentum_teacher", "momentum_teacher_final", "center_momentum"):
     if not 0 <= d[field] <= 1:
       raise ConfigError(f"config.dino.{field}={d[field]} must be in [0, 1]")
+  if d.head_init not in ("trunc_normal", "torch") or d.teacher_head not in ("copy", "own_init"):
+    raise ConfigError(f"config.dino.head_init={d.head_init!r} / teacher_head="
+                      f"{d.teacher_head!r}: use 'trunc_normal' (DINO) or 'torch', and 'copy' "
+                      "(DINO) or 'own_init' (lightly)")
 
 
 def init(rng, config, sample_batch):
   del sample_batch  # shapes come from the config
   variables = common.init_variables(network(config), rng, config, train=False)
   params, stats = variables["params"], variables.get("batch_stats", {})
-  # The teacher starts as a copy of the student; the centre at zero.
+  # The teacher starts as a copy of the student (teacher_head="own_init": lightly builds the
+  # teacher's head anew, with its own random init); the centre at zero.
   copy = lambda tree: jax.tree.map(jnp.array, tree)
+  teacher = dict(params=copy(params), batch_stats=copy(stats))
+  if config.dino.teacher_head == "own_init":
+    own = common.init_variables(network(config), jax.random.fold_in(rng, 1), config,
+                                train=False)
+    teacher["params"]["head"] = own["params"]["head"]
+    if "head" in stats:
+      teacher["batch_stats"]["head"] = own["batch_stats"]["head"]
   return dict(params=params, batch_stats=stats,
-              method_state=dict(teacher=dict(params=copy(params), batch_stats=copy(stats)),
+              method_state=dict(teacher=teacher,
                                 center=jnp.zeros((1, config.head.out_dim), jnp.float32)))
 
 
@@ -146,7 +158,11 @@ def teacher_temperature(step, config):
 
 
 def teacher_momentum(step, config):
-  return ema.cosine_momentum(step, config.run.total_steps, config.dino.momentum_teacher)
+  """momentum_teacher -> momentum_teacher_final on a per-step cosine (DINO: 0.996 -> 1;
+  final = start: constant, lightly's 0.99)."""
+  d = config.dino
+  return ema.cosine_momentum(step, config.run.total_steps, d.momentum_teacher,
+                             d.momentum_teacher_final)
 
 
 # ----------------------------------------------------------------------------- loss

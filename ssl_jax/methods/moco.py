@@ -5,12 +5,18 @@ other view, computed by a momentum copy of the encoder, and the negatives are a 
 K keys from earlier batches (gathered over devices, identical everywhere). v1 and v2
 differ in config only: head (Linear 128 vs Linear-ReLU-Linear, no BN), temperature (0.07
 vs 0.2), augmentation and lr schedule. `config.moco.symmetric` is the CIFAR demo's
-"symmetric" loss (both views as queries, both views' keys pushed).
+"symmetric" loss (both views as queries, both views' keys pushed). `symmetric_style`
+"demo" (colab/moco_cifar10_demo.ipynb): the sum of the two losses, both against the
+step's queue; "lightly" (lightly cifar10_benchmark.py @42a6a924 MocoModel.training_step,
+lines 322-331; lightly/loss/memory_bank.py): their mean, the second loss against the
+queue the first one's keys were already pushed into.
 
-Batch norm is per device as in the original (never global): the query encoder's BN runs
-on `config.moco.bn_groups` groups of the local batch, and the key encoder's on the same
-number of groups of a *shuffled* global batch (shuffle BN), so a query and its key never
-see the same BN statistics. With one device, bn_groups = 8 behaves like the 8-GPU original.
+Batch norm is per device as in the original (never global), in BN batches of
+`config.moco.bn_batch` images: the query encoder's BN runs on groups of that size of the
+local batch, and the key encoder's on groups of a *shuffled* global batch (shuffle BN), so
+a query and its key never see the same BN statistics. The original's BN batch is 32 images
+on each of 8 GPUs; fixing the BN batch rather than a group count keeps that on any device
+count (on one device a batch of 256 runs as 8 groups of 32).
 """
 import jax
 import jax.numpy as jnp
@@ -24,6 +30,7 @@ from ssl_jax.models.heads import MLPHead
 # Folded into the step's key: the shuffle is drawn from the replicated state.rng, so every
 # device draws the same permutation without communicating.
 SHUFFLE_STREAM = 1_000_003
+SYMMETRIC_STYLES = ("demo", "lightly")
 
 
 def network(config) -> Encoder:
@@ -50,11 +57,19 @@ def validate(config, device_count=None):
                       f"{pushed} keys pushed per step (global batch"
                       f"{' x 2, symmetric' if m.symmetric else ''}); use a multiple of {pushed}")
   local = config.batch_size // (device_count or 1)
-  if m.bn_groups < 1 or local % m.bn_groups:
-    raise ConfigError(f"config.moco.bn_groups={m.bn_groups} does not divide the per-device "
+  if m.bn_batch < 1 or local % m.bn_batch:
+    raise ConfigError(f"config.moco.bn_batch={m.bn_batch} does not divide the per-device "
                       f"batch of {local}; use a divisor of {local}")
+  if m.symmetric_style not in SYMMETRIC_STYLES:
+    raise ConfigError(f"config.moco.symmetric_style={m.symmetric_style!r} is unknown; use one "
+                      f"of {SYMMETRIC_STYLES}")
   if not 0 <= m.momentum <= 1:
     raise ConfigError(f"config.moco.momentum={m.momentum} must be in [0, 1]")
+
+
+def bn_groups(config, local_batch: int) -> int:
+  """How many BN batches of `config.moco.bn_batch` images the local batch holds."""
+  return local_batch // config.moco.bn_batch
 
 
 def init(rng, config, sample_batch):
@@ -102,10 +117,9 @@ def push(queue, ptr, keys):
 
 def key_forward(config, key_params, key_stats, x_k, rng):
   """Normalised keys of the global batch (in its order) and the key encoder's new stats."""
-  groups = config.moco.bn_groups
-
   def encode_keys(x):
-    (_, k), new_stats = common.in_groups(apply_fn(config, key_params, key_stats), x, groups)
+    (_, k), new_stats = common.in_groups(apply_fn(config, key_params, key_stats), x,
+                                         bn_groups(config, x.shape[0]))
     return losses.l2_normalize(k), new_stats
   if not config.moco.shuffle_bn:
     keys, new_stats = encode_keys(x_k)
@@ -123,17 +137,22 @@ def loss_fn(params, state, batch, rng, step, *, config):
   pairs = [(view_a, view_b), (view_b, view_a)] if symmetric else [(view_a, view_b)]
   stats, key_stats = state.batch_stats, ms["key_batch_stats"]
   key_params = jax.lax.stop_gradient(ms["key_params"])
+  # lightly: the second loss sees the queue with the first loss's keys pushed.
+  lightly = symmetric and config.moco.symmetric_style == "lightly"
+  queue, ptr = ms["queue"], ms["queue_ptr"]
   loss, pushed, positives, features = 0.0, [], [], []
   for i, (x_q, x_k) in enumerate(pairs):
     (h, q), stats = common.in_groups(apply_fn(config, params, stats), x_q,
-                                     config.moco.bn_groups)
+                                     bn_groups(config, x_q.shape[0]))
     keys_all, key_stats = key_forward(config, key_params, key_stats, x_k,
                                       jax.random.fold_in(shuffle_rng, i))
     keys_all = jax.lax.stop_gradient(keys_all)
     n = x_k.shape[0]
     k = jax.lax.dynamic_slice_in_dim(keys_all, parallel.first_row(n), n)
-    loss += losses.info_nce_queue(q, k, ms["queue"], config.loss.temperature,
+    loss += losses.info_nce_queue(q, k, queue, config.loss.temperature,
                                   config.loss.chunk_size).mean()
+    if lightly:
+      queue, ptr = push(queue, ptr, keys_all)
     positives.append(jnp.sum(losses.l2_normalize(q) * k, -1).mean())
     pushed.append(keys_all)
     features.append(h)
@@ -141,9 +160,12 @@ def loss_fn(params, state, batch, rng, step, *, config):
   # original keeps rank 0's), so the state stays replicated.
   mean_stats = lambda tree: jax.lax.pmean(tree, parallel.AXIS)
   metrics = dict(embedding_std=common.embedding_std(q), positive_sim=sum(positives) / len(pairs))
-  # Symmetric: the demo pushes the keys of view 1, then those of view 2.
+  # Symmetric: the demo pushes the keys of view 1, then those of view 2; lightly those of
+  # view 2 (the first loss's keys), then view 1.
+  keys = jnp.concatenate(pushed if lightly else pushed[::-1])
+  loss = loss / len(pairs) if lightly else loss
   return loss, dict(batch_stats=mean_stats(stats), key_batch_stats=mean_stats(key_stats),
-                    keys=jnp.concatenate(pushed[::-1]), features=features[0], metrics=metrics)
+                    keys=keys, features=features[0], metrics=metrics)
 
 
 def update(state, new_params, aux, step, *, config):

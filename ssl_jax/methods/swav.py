@@ -68,6 +68,7 @@ class Network(nn.Module):
   backbone: nn.Module
   head: nn.Module
   num_prototypes: int
+  prototype_bias: bool = False   # lightly's SwaVPrototypes: an nn.Linear with its bias
 
   @nn.compact
   def __call__(self, crops, train: bool = True):
@@ -75,8 +76,9 @@ class Network(nn.Module):
                          for group in size_groups(crops)])
     z = losses.l2_normalize(self.head(h, train=train))
     # float32 scores: Sinkhorn exponentiates scores / 0.05.
-    scores = nn.Dense(self.num_prototypes, use_bias=False, dtype=jnp.float32,
-                      name="prototypes")(z)
+    scores = nn.Dense(self.num_prototypes, use_bias=self.prototype_bias, dtype=jnp.float32,
+                      name="prototypes",
+                      **(inits.pytorch_linear(z.shape[-1]) if self.prototype_bias else {}))(z)
     return h, z, scores
 
   def features(self, x):
@@ -88,7 +90,7 @@ def network(config, axis_name=None) -> Network:
   backbone = models.backbone(config.model, dtype, axis_name, config.image_size)
   hidden = config.head.hidden_dim or backbone.num_features
   head = Head(hidden, config.head.out_dim, dtype, axis_name)
-  return Network(backbone, head, config.swav.num_prototypes)
+  return Network(backbone, head, config.swav.num_prototypes, config.swav.prototype_bias)
 
 
 def views(config) -> list[View]:
@@ -111,6 +113,9 @@ def num_crops(config) -> int:
 def validate(config, device_count=None):
   del device_count   # the global batch already divides by it
   s = config.swav
+  if s.prototype_bias and s.queue_length:
+    raise ConfigError("config.swav.prototype_bias=True re-scores no queue (the queue's "
+                      "scores use the prototypes alone); set config.swav.queue_length=0")
   assign = tuple(s.crops_for_assign)
   if not assign or len(set(assign)) != len(assign) or not all(
       0 <= a < num_crops(config) for a in assign):

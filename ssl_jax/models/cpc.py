@@ -12,31 +12,38 @@ import jax.numpy as jnp
 from ssl_jax.models.encoder import normalize_imagenet
 
 
+CONTEXT_RELUS = ("pseudocode", "deepul")
+
+
 class ContextNetwork(nn.Module):
-  """CPC v2's PixelCNN-style context stack (App. A.2 pseudocode, as DEEPUL transcribes it).
+  """CPC v2's PixelCNN-style context stack (App. A.2 pseudocode [P~], METHODS.md §3.1).
 
   Each of `num_blocks` residual blocks: 1x1 conv to `width`, ReLU; 1x3 conv (one zero
-  column each side), ReLU; one zero row on top then a 2x1 valid conv, ReLU; 1x1 conv back
-  to D; residual add, then ReLU except after the last block. Only the 2x1 conv mixes rows
-  and it looks at rows r-1 and r, so context row r depends on latent rows <= r.
+  column each side); one zero row on top then a 2x1 valid conv, ReLU; 1x1 conv back to D;
+  residual add. relu="pseudocode": no ReLU after the 1x3 conv or between blocks, one after
+  the last block; "deepul" (wilson1yan/cs294-158-ssl deepul_helper/tasks/cpc.py:84-111): a
+  ReLU after the 1x3 conv and after every residual add but the last. Only the 2x1 conv
+  mixes rows and it looks at rows r-1 and r, so context row r depends on latent rows <= r.
   """
   width: int = 256
   num_blocks: int = 5
+  relu: str = "pseudocode"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z):
     conv = lambda features, kernel, padding: nn.Conv(  # noqa: E731
         features, kernel, padding=padding, dtype=self.dtype, param_dtype=jnp.float32)
+    deepul = self.relu == "deepul"
     x = z.astype(self.dtype)
     for i in range(self.num_blocks):
       y = nn.relu(conv(self.width, (1, 1), "VALID")(x))
-      y = nn.relu(conv(self.width, (1, 3), ((0, 0), (1, 1)))(y))
-      y = nn.relu(conv(self.width, (2, 1), ((1, 0), (0, 0)))(y))
+      y = conv(self.width, (1, 3), ((0, 0), (1, 1)))(y)
+      y = nn.relu(conv(self.width, (2, 1), ((1, 0), (0, 0)))(nn.relu(y) if deepul else y))
       x = x + conv(z.shape[-1], (1, 1), "VALID")(y)
-      if i < self.num_blocks - 1:
+      if deepul and i < self.num_blocks - 1:
         x = nn.relu(x)
-    return x
+    return x if deepul else nn.relu(x)
 
 
 def rotate(grid, quarter_turns: int):
@@ -58,12 +65,14 @@ class CPCNetwork(nn.Module):
   directions: int = 1
   context_width: int = 256
   context_blocks: int = 5
+  context_relu: str = "pseudocode"
   emb_scale: float = 0.1
   dtype: Any = jnp.float32
 
   def setup(self):
     self.to_target = nn.Dense(self.target_dim, dtype=self.dtype, param_dtype=jnp.float32)
-    self.contexts = [ContextNetwork(self.context_width, self.context_blocks, self.dtype)
+    self.contexts = [ContextNetwork(self.context_width, self.context_blocks,
+                                    self.context_relu, self.dtype)
                      for _ in range(self.directions)]
     self.predictors = [nn.Dense(self.steps * self.target_dim, dtype=self.dtype,
                                 param_dtype=jnp.float32) for _ in range(self.directions)]

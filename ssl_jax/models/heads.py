@@ -102,12 +102,15 @@ class DINOHead(nn.Module):
   norm_last_layer: bool = True
   dtype: Any = jnp.float32
   axis_name: str | None = None
+  init_scheme: str = "trunc_normal"   # or "torch": nn.Linear's default (lightly's CIFAR-10 head)
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     # torch's trunc_normal_(std=0.02) cuts at +-2 (absolute): a plain normal in effect.
-    dense = lambda width: nn.Dense(width, kernel_init=nn.initializers.normal(0.02),
-                                   dtype=self.dtype, param_dtype=jnp.float32)
+    layer_init = lambda: (inits.pytorch_linear(x.shape[-1]) if self.init_scheme == "torch"  # noqa: E731
+                          else dict(kernel_init=nn.initializers.normal(0.02)))
+    dense = lambda width: nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32,  # noqa: E731
+                                   **layer_init())
     for _ in range(self.num_layers - 1):
       x = dense(self.hidden_dim)(x)
       if self.use_bn:   # torch BatchNorm1d: momentum 0.1, eps 1e-5
