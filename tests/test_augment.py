@@ -420,7 +420,8 @@ def test_augment_semantics_are_validated():
 @pytest.mark.parametrize("config_name, want", [
     ("simclr_v1", dict(color_impl="tf", crop_sampler="tf", resize_method="bicubic",
                        antialias=False, blur_per_batch=True)),
-    ("simclr_v2:cifar10", dict(color_impl="tf", crop_sampler="tf", blur_per_batch=True)),
+    ("simclr_v2:cifar10_orig", dict(color_impl="tf", crop_sampler="tf", blur_per_batch=True)),
+    ("simclr_v2:cifar10", dict(color_impl="torchvision", crop_sampler="torchvision")),
     ("byol", dict(color_impl="tf", crop_sampler="byol", resize_method="bicubic",
                   antialias=False, blur_per_batch=False)),
     ("moco_v2", dict(color_impl="torchvision", crop_sampler="torchvision", antialias=True,

@@ -20,7 +20,7 @@ def test_configs_take_overrides_as_the_command_line_does():
   assert (c.run.num_train_examples, c.run.steps_per_epoch, c.run.total_steps) == (1000, 62, 3)
   with pytest.raises(SystemExit, match="unknown config field 'temprature'"):
     bench_step.load_config("configs/simclr_v1.py:smoke", ["loss.temprature=0.3"])
-  with pytest.raises(SystemExit, match="batch_size=0 must be positive"):
+  with pytest.raises(SystemExit, match="batch_size=0 must be an integer >= 1"):
     bench_step.load_config("configs/simclr_v1.py:smoke", ["batch_size=0"])
 
 

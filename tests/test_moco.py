@@ -147,6 +147,9 @@ def tiny_config(devices):
   c.batch_size, c.image_size = BATCH, 16
   c.model.width = 1 / 16
   c.moco.update(queue_size=2 * BATCH, bn_batch=2, momentum=0.99)
+  # Residual branches start at zero, as in the other device-equality tests: with unit BN
+  # scales, rounding of BN batches of 2 grows past these tolerances in two steps.
+  c.model.zero_init_residual = "all"
   c.run.update(steps_per_epoch=10, total_steps=100)
   return c
 

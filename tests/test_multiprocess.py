@@ -52,7 +52,11 @@ def start(config, workdir, dataset, cache_dir, devices, *args, name="run"):
   """Training: `python -m ssl_jax.main` on `devices` CPU devices."""
   return launch(["ssl_jax.main", f"--config={config}", f"--workdir={workdir}",
                  f"--config.dataset=packed:{dataset}", "--config.eval.plots=False",
-                 "--config.eval.random_init=False", *args], workdir, cache_dir, devices, name)
+                 "--config.eval.random_init=False",
+                 # residual branches at zero (BYOL's basic blocks start at one): the float
+                 # rounding of cross-process BN sums then stays within the tolerances
+                 "--config.model.zero_init_residual=all", *args], workdir, cache_dir, devices,
+                name)
 
 
 def launch(module_and_args, workdir, cache_dir, devices, name):
