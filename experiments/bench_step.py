@@ -85,12 +85,9 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
 def fill_run_fields(config, num_train_examples: int):
   """config.run as train.py fills it for a data set of `num_train_examples` images;
   returns (schedule, optimizer) built the same way."""
-  steps_per_epoch = max(num_train_examples // config.batch_size, 1)
-  steps = config_lib.total_steps(config, steps_per_epoch)
-  config.run.update(steps_per_epoch=steps_per_epoch, total_steps=steps,
-                    num_train_examples=num_train_examples)
-  schedule = optim.lr_schedule(config.optimizer, config.batch_size, steps_per_epoch, steps)
-  return schedule, optim.make_optimizer(config.optimizer, schedule, total_steps=steps)
+  config_lib.fill_run(config, max(num_train_examples // config.batch_size, 1),
+                      num_train_examples)
+  return optim.for_run(config)
 
 
 def build(config, mesh, num_train_examples: int, num_classes: int):

@@ -120,6 +120,15 @@ def total_steps(config, steps_per_epoch: int) -> int:
   return config.num_steps or int(config.num_epochs * steps_per_epoch)
 
 
+def fill_run(config, steps_per_epoch: int, num_train_examples: int) -> int:
+  """Fills config.run from the data (schedules inside methods and memory-bank shapes read
+  it); returns the run's length in steps."""
+  steps = total_steps(config, steps_per_epoch)
+  config.run.update(steps_per_epoch=steps_per_epoch, total_steps=steps,
+                    num_train_examples=num_train_examples)
+  return steps
+
+
 def _check(ok: bool, message: str):
   if not ok:
     raise ConfigError(message)

@@ -248,3 +248,11 @@ def _make_optimizer(opt_config, schedule, total_steps: int = 0) -> optax.Gradien
     return optax.adamw(schedule, weight_decay=opt_config.weight_decay, mask=mask)
   raise ConfigError(f"config.optimizer.name={name!r} is unknown; use 'lars', 'lars_byol', "
                     "'larc', 'sgd', 'adam' or 'adamw'")
+
+
+def for_run(config):
+  """(lr schedule, optimizer) of a config whose config.run is filled (config.fill_run)."""
+  run = config.run
+  schedule = lr_schedule(config.optimizer, config.batch_size, run.steps_per_epoch,
+                         run.total_steps)
+  return schedule, make_optimizer(config.optimizer, schedule, total_steps=run.total_steps)

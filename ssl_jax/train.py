@@ -93,11 +93,8 @@ def _train_and_evaluate(config, workdir: str, changes: dict) -> dict:
   mesh = parallel.make_mesh()
   train, test, data = load_training_data(config, method, mesh)
   os.makedirs(workdir, exist_ok=True)
-  steps = config_lib.total_steps(config, data.steps_per_epoch)
-  config.run.update(steps_per_epoch=data.steps_per_epoch, total_steps=steps,
-                    num_train_examples=len(train))
-  schedule = optim.lr_schedule(config.optimizer, config.batch_size, data.steps_per_epoch, steps)
-  tx = optim.make_optimizer(config.optimizer, schedule, total_steps=steps)
+  steps = config_lib.fill_run(config, data.steps_per_epoch, len(train))
+  schedule, tx = optim.for_run(config)
   initializer = state_initializer(method, config, tx, mesh, len(train.classes))
   state = initializer(jax.random.key(config.seed))
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint)

@@ -51,10 +51,8 @@ def load_run(workdir: str, mesh=None, in_memory: bool = False) -> Run:
     train_data, test_data = pipeline.eval_splits(config)
   else:
     train_data, test_data = sources.load_splits(config)
-  steps_per_epoch = max(len(train_data) // config.batch_size, 1)
-  config.run.update(steps_per_epoch=steps_per_epoch,
-                    total_steps=config_lib.total_steps(config, steps_per_epoch),
-                    num_train_examples=len(train_data))   # memory-bank shapes
+  config_lib.fill_run(config, max(len(train_data) // config.batch_size, 1),
+                      len(train_data))   # memory-bank shapes
   mesh = mesh or parallel.make_mesh()
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
   state, step = ckpt.restore_latest(abstract_state(method, config, len(train_data.classes)),
