@@ -99,13 +99,14 @@ class Progress:
       print("compiling the training step...", flush=True)
 
   def compiled(self):
-    self.restart_clock()
+    self.restart_clock(self.last_step)
     if jax.process_index() == 0 and self.compile_start is not None:
       print(f"compiled in {_duration(self.last_time - self.compile_start)}", flush=True)
 
-  def restart_clock(self):
-    """The next rate counts only the steps from now on (not a compilation or a monitor)."""
-    self.last_time = time.time()
+  def restart_clock(self, step: int):
+    """The next rate counts only the steps after `step`, from now on (not a compilation or a
+    monitor, which may fall between two logged steps)."""
+    self.last_step, self.last_time = step, time.time()
 
   def line(self, step: int, metrics: dict) -> str:
     now = time.time()

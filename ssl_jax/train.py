@@ -146,7 +146,7 @@ def _train_and_evaluate(config, workdir: str, changes: dict) -> dict:
         online = (f", online probe top-1 {monitor['online_top1']:.4f}"
                   if "online_top1" in monitor else "")
         print(f"step {step}: kNN top-1 {monitor['knn_top1']:.4f} (best {best_knn:.4f}){online}")
-        progress.restart_clock()
+        progress.restart_clock(step)
       if save:
         ckpt.save(step, state, {**metrics, **monitor})
       if preempted:

@@ -26,3 +26,35 @@ def fast_compiles():
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory) -> str:
+  """A packed copy of 256 train and 64 test images of the bundled set, every class: CLI
+  runs that check training, not accuracy, evaluate kNN on it in a second, not 6,000 images."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from ssl_jax.data import sources  # pylint: disable=import-outside-toplevel
+  path = tmp_path_factory.mktemp("data") / "small.npz"
+  with np.load(sources.QUICKSTART_PATH) as full:
+    out = {"format": full["format"], "classes": full["classes"]}
+    for split, n in (("train", 256), ("test", 64)):
+      offsets, data = full[f"{split}.offsets"], full[f"{split}.data"]
+      picked = np.linspace(0, len(offsets) - 2, n).astype(int)
+      blobs = [data[offsets[i]:offsets[i + 1]] for i in picked]
+      out[f"{split}.data"] = np.concatenate(blobs)
+      out[f"{split}.offsets"] = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+      out[f"{split}.labels"] = full[f"{split}.labels"][picked]
+  np.savez(path, **out)
+  return str(path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compile_cache(tmp_path_factory):
+  """One persistent XLA cache for every subprocess of the session (set after this process
+  imported JAX, so only subprocesses use it): a program compiled by one CLI run is loaded,
+  not compiled again, by the next run that needs it."""
+  path = tmp_path_factory.getbasetemp() / "xla_cache"
+  path.mkdir(exist_ok=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = str(path)
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  yield str(path)

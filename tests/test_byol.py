@@ -162,8 +162,8 @@ def test_loss_has_no_gradient_wrt_the_target(runs):
     np.testing.assert_array_equal(g, 0)
 
 
-def test_smoke_run_through_the_cli(tmp_path):
-  lines = smoke_run("byol", tmp_path)
+def test_smoke_run_through_the_cli(tmp_path, small_dataset):
+  lines = smoke_run("byol", tmp_path, small_dataset)
   assert all(l["loss"] <= 8 for l in lines[:3])
   assert lines[0]["ema_momentum"] == pytest.approx(0.97)   # the smoke recipe's base
 

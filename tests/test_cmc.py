@@ -169,6 +169,6 @@ def test_paper_settings():
   assert view.crop_scale == (0.08, 1.0)   # crop_low forced to 0.08 for ResNets
 
 
-def test_smoke_run_through_the_cli(tmp_path):
-  lines = smoke_run("cmc", tmp_path)
+def test_smoke_run_through_the_cli(tmp_path, small_dataset):
+  lines = smoke_run("cmc", tmp_path, small_dataset)
   assert lines[0]["nce_z_l"] == lines[2]["nce_z_l"] > 0

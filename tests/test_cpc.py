@@ -238,5 +238,5 @@ def test_bad_grid_settings_give_one_line(field, value, message):
     cpc.validate(config)
 
 
-def test_smoke_run_through_the_cli(tmp_path):
-  smoke_run("cpc", tmp_path)
+def test_smoke_run_through_the_cli(tmp_path, small_dataset):
+  smoke_run("cpc", tmp_path, small_dataset)

@@ -291,8 +291,8 @@ def test_evaluation_reads_the_teacher_and_the_probe_the_student(runs):
   assert state_lib.online_variables(state)["params"] is state.params
 
 
-def test_smoke_run_through_the_cli(tmp_path):
-  lines = smoke_run("dino", tmp_path)
+def test_smoke_run_through_the_cli(tmp_path, small_dataset):
+  lines = smoke_run("dino", tmp_path, small_dataset)
   assert lines[0]["teacher_temp"] == pytest.approx(0.04)
 
 

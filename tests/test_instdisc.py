@@ -264,6 +264,6 @@ def test_init_without_the_data_set_size_says_what_to_do():
     instdisc.init(jax.random.key(0), load("instdisc").get_config("smoke"), None)
 
 
-def test_smoke_run_through_the_cli(tmp_path):
-  lines = smoke_run("instdisc", tmp_path)
+def test_smoke_run_through_the_cli(tmp_path, small_dataset):
+  lines = smoke_run("instdisc", tmp_path, small_dataset)
   assert lines[0]["nce_z"] == lines[2]["nce_z"] > 0

@@ -115,5 +115,5 @@ def test_paper_settings_and_the_schedule_the_code_runs():
   assert float(schedule(120 * 390 - 1)) == pytest.approx(0.03)
 
 
-def test_smoke_run_through_the_cli(tmp_path):
-  smoke_run("invaspread", tmp_path)
+def test_smoke_run_through_the_cli(tmp_path, small_dataset):
+  smoke_run("invaspread", tmp_path, small_dataset)

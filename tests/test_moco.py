@@ -351,5 +351,5 @@ def test_symmetric_needs_room_for_both_views_keys():
 
 
 @pytest.mark.parametrize("name", ["moco_v1", "moco_v2"])
-def test_smoke_run_through_the_cli(name, tmp_path):
-  smoke_run(name, tmp_path)
+def test_smoke_run_through_the_cli(name, tmp_path, small_dataset):
+  smoke_run(name, tmp_path, small_dataset)

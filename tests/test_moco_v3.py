@@ -172,8 +172,8 @@ def test_encode_gives_backbone_features():
   assert feats.shape == (3, config.model.width) and feats.dtype == jnp.float32
 
 
-def test_smoke_run_through_the_cli(tmp_path):
-  lines = smoke_run("moco_v3", tmp_path)
+def test_smoke_run_through_the_cli(tmp_path, small_dataset):
+  lines = smoke_run("moco_v3", tmp_path, small_dataset)
   assert lines[0]["momentum"] == pytest.approx(0.99)
 
 

@@ -100,6 +100,6 @@ def test_8_devices_equal_1_device():
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_smoke_run_through_the_cli(tmp_path):
-  lines = smoke_run("simsiam", tmp_path, positive_loss=False)
+def test_smoke_run_through_the_cli(tmp_path, small_dataset):
+  lines = smoke_run("simsiam", tmp_path, small_dataset, positive_loss=False)
   assert all(-1.0 <= l["loss"] <= 1.0 for l in lines[:3])   # a negative cosine

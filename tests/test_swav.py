@@ -234,8 +234,8 @@ def test_step_normalises_prototypes_and_fills_the_queue(runs):
   np.testing.assert_allclose(np.linalg.norm(queue, axis=-1), 1.0, rtol=1e-5)
 
 
-def test_smoke_run_through_the_cli(tmp_path):
-  smoke_run("swav", tmp_path)
+def test_smoke_run_through_the_cli(tmp_path, small_dataset):
+  smoke_run("swav", tmp_path, small_dataset)
 
 
 def test_prototype_bias_is_lightlys_linear_and_refuses_a_queue():

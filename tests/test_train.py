@@ -43,8 +43,8 @@ def run_steps(config, devices, batch, steps=2, num_classes=0, steps_per_epoch=10
   schedule = optim.lr_schedule(config.optimizer, config.batch_size, steps_per_epoch,
                                total_steps)
   tx = optim.make_optimizer(config.optimizer, schedule, total_steps=total_steps)
-  state = jax.device_put(state_lib.create_state(method, config, tx, jax.random.key(0), num_classes),
-                         parallel.replicated(mesh))
+  # As training does: one program (op by op, the first init of a model takes ~20 s).
+  state = state_lib.state_initializer(method, config, tx, mesh, num_classes)(jax.random.key(0))
   step = train.make_train_step(method, config, mesh, tx, schedule)
   states, metrics = [jax.device_get(state)], []
   for t in range(steps):
