@@ -52,6 +52,13 @@ def _as_dict(*args):
   return dict(*args)
 
 
+def _latin1_bytes(text, encoding="latin1"):
+  """Protocol 2 writes bytes (numpy's raw data) as _codecs.encode(str, 'latin1')."""
+  if not isinstance(text, str) or encoding != "latin1":
+    raise ConfigError(f"the pickle encodes bytes as {encoding!r}, not latin1: refused")
+  return text.encode("latin1")
+
+
 NUMPY = {
     ("numpy.core.multiarray", "_reconstruct"): _multiarray._reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
@@ -63,6 +70,7 @@ NUMPY = {
     ("builtins", "dict"): dict, ("builtins", "list"): list, ("builtins", "tuple"): tuple,
     ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
     ("builtins", "bytearray"): bytearray, ("builtins", "complex"): complex,
+    ("_codecs", "encode"): _latin1_bytes,
 }
 
 # Containers of the originals' own classes, replaced by plain ones (never imported):
