@@ -440,7 +440,8 @@ def save_tf1(variables, directory, step=250228):
   names = sorted(variables)
   tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
                     tensors=[tf.constant(variables[k]) for k in names])
-  tf.compat.v1.train.update_checkpoint_state(directory, prefix)
+  with open(os.path.join(directory, "checkpoint"), "w") as f:
+    f.write(f'model_checkpoint_path: "{os.path.basename(prefix)}"\n')
   return prefix
 
 

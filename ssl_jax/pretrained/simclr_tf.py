@@ -39,7 +39,7 @@ from ssl_jax.errors import ConfigError
 from ssl_jax.models import resnet
 from ssl_jax.pretrained.formats import Converted, Format, register
 
-SK_RATIO = 0.0625   # SimCLR v2's sk1 (README.md:113, --sk_ratio=0.0625)
+SK_RATIO = 0.0625   # the sk1 files: run.py:228-229 "Recommendation: 0.0625"
 
 
 class CheckpointArrays(collections.abc.Mapping):
