@@ -501,7 +501,6 @@ def test_simclr_tf_errors(simclr_v2_file, simclr_v2_sk_file, tmp_path):
     fmt.convert(fmt.read(simclr_v2_file[0]), fmt.config("r50_1x_sk1"))   # sk0 file, sk1 config
   converted = fmt.convert(fmt.read(simclr_v2_file[0]), fmt.config("r50_1x_sk0"))
   config = fmt.config("r50_2x_sk0")
-  config.head.num_layers = 3
   with pytest.raises(ConfigError, match="does not fit"):
     fit(converted, config)
   with pytest.raises(ConfigError, match="not a TF checkpoint"):
@@ -520,3 +519,28 @@ def test_simclr_v1_without_head_matches_a_tf_forward(simclr_v2_file, tmp_path):
   diffs = check_simclr("simclr_v1_tf", "r50_1x", (v1_prefix, images, ref), 0)
   print("simclr v1 r50_1x max relative diff (encode):", diffs)
   assert max(diffs) < 2e-5
+
+
+class AnyName(dict):
+  """A file that has every name asked for (a 1-element array), listing one of SimCLR's
+  head: what a config's walk asks, without the arrays."""
+
+  def __contains__(self, key):
+    return True
+
+  def __getitem__(self, key):
+    return np.zeros(1, np.float32)
+
+
+@pytest.mark.parametrize("name, variant", [("byol_haiku", "res200x2"),
+                                           ("simclr_v2_tf", "r152_3x_sk1")])
+def test_the_largest_released_variants_cover_the_state(name, variant):
+  """Each path of the fresh state (eval_shape only) is one the format maps, and no other."""
+  fmt = FORMATS[name]
+  config = fmt.config(variant)
+  converted = fmt.convert(AnyName({"head_contrastive/nl_0/dense/kernel": None}), config)
+  config_lib.fill_run(config, 1, 10)
+  state = workdir.abstract_state(methods.get(config.method), config, 0)
+  for part in ("params", "batch_stats", "method_state"):
+    assert (set(traverse_util.flatten_dict(getattr(converted, part))) ==
+            set(traverse_util.flatten_dict(getattr(state, part)))), part
