@@ -86,10 +86,11 @@ def test_safe_pickle_refuses_code_and_reads_arrays(tmp_path):
   assert marker.exists()
 
   good = {"a": [np.arange(6, dtype=np.int32).reshape(2, 3), (1.5, "s")], "b": np.float32(2)}
-  path.write_bytes(pickle.dumps(good, protocol=2))
-  back = safe_pickle.load(str(path))
-  np.testing.assert_array_equal(back["a"][0], good["a"][0])
-  assert back["a"][1] == (1.5, "s") and back["b"] == np.float32(2)
+  for protocol in (2, 5):
+    path.write_bytes(pickle.dumps(good, protocol=protocol))
+    back = safe_pickle.load(str(path))
+    np.testing.assert_array_equal(back["a"][0], good["a"][0])
+    assert back["a"][1] == (1.5, "s") and back["b"] == np.float32(2)
   path.write_bytes(b"not a pickle")
   with pytest.raises(ConfigError, match="not a readable pickle"):
     safe_pickle.load(str(path))

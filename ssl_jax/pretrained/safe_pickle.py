@@ -15,9 +15,9 @@ import numpy as np
 from ssl_jax.errors import ConfigError
 
 try:   # numpy >= 2 moved the module; pickles written by numpy 1 name numpy.core
-  from numpy._core import multiarray as _multiarray
+  from numpy._core import multiarray as _multiarray, numeric as _numeric
 except ImportError:   # pragma: no cover
-  from numpy.core import multiarray as _multiarray
+  from numpy.core import multiarray as _multiarray, numeric as _numeric
 
 
 class Record(tuple):
@@ -64,6 +64,8 @@ NUMPY = {
     ("numpy._core.multiarray", "_reconstruct"): _multiarray._reconstruct,
     ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
     ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,   # protocol 5
+    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
