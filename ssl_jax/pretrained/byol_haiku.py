@@ -115,7 +115,9 @@ def _backbone(m, net, params, state, to_params, to_stats, prefix, config):
   conv("initial_conv", "Conv_0")
   bn("initial_batchnorm", "BatchNorm_0")
   kind, stages = resnet.DEPTHS[config.model.depth]
-  layers = 3 if kind == "bottleneck" else 2
+  if kind != "bottleneck":   # Haiku's basic block strides its 2nd conv, ours the 1st
+    raise ConfigError(f"config.model.depth={config.model.depth}: BYOL's released files are "
+                      "bottleneck ResNets (50, 200); basic-block Haiku ResNets are not mapped")
   index = 0
   for g, blocks in enumerate(stages):
     for b in range(blocks):
@@ -124,10 +126,10 @@ def _backbone(m, net, params, state, to_params, to_stats, prefix, config):
       if project:
         conv(f"{block}/~/shortcut_conv", f"{ours}/Conv_0")
         bn(f"{block}/~/shortcut_batchnorm", f"{ours}/BatchNorm_0")
-      for i in range(layers):
+      for i in range(3):   # 1x1, 3x3 (strided, as ours), 1x1 [dm-haiku nets/resnet.py:69-100]
         conv(f"{block}/~/conv_{i}", f"{ours}/Conv_{i + project}")
-        bn(f"{block}/~/batchnorm_{i}",
-           f"{ours}/last_bn" if i == layers - 1 else f"{ours}/BatchNorm_{i + project}")
+        bn(f"{block}/~/batchnorm_{i}", f"{ours}/last_bn" if i == 2 else
+           f"{ours}/BatchNorm_{i + project}")
       index += 1
 
 
@@ -147,12 +149,11 @@ def convert(arrays: dict[str, np.ndarray], config) -> Converted:
   net = f"res_net{config.model.depth}"   # Haiku's name for networks.ResNet{depth}
   m = _Mapper(arrays)
   for side, to_params, to_stats, prefix in (
-      ("online", "params", "batch_stats", "encoder"),
+      ("online", "params", "batch_stats", "encoder/"),
       ("target", "target_params", "target_batch_stats", "")):
     params, state = f"{side}_params", f"{side}_state"
-    backbone, head = (f"{prefix}/backbone", f"{prefix}/head") if prefix else ("backbone", "head")
-    _backbone(m, net, params, state, to_params, to_stats, backbone, config)
-    _mlp(m, params, state, "projector", to_params, to_stats, head)
+    _backbone(m, net, params, state, to_params, to_stats, f"{prefix}backbone", config)
+    _mlp(m, params, state, "projector", to_params, to_stats, f"{prefix}head")
   _mlp(m, "online_params", "online_state", "predictor", "params", "batch_stats", "predictor")
   if m.missing:
     raise ConfigError(f"the BYOL checkpoint lacks {len(m.missing)} keys the {net} config "
