@@ -108,10 +108,12 @@ class _Mapper:
 
 def _backbone(m, net, params, state, to_params, to_stats, prefix, config):
   """The Haiku ResNetTorso `net` of the file onto our ResNet's names under `prefix`."""
-  conv = lambda module, path: m.take(f"{params}/{net}/~/{module}/w", to_params,  # noqa: E731
-                                     f"{prefix}/{path}/Conv_0/kernel")
-  bn = lambda module, path: m.batch_norm(params, state, f"{net}/~/{module}", to_params,  # noqa: E731
-                                         to_stats, f"{prefix}/{path}")
+  def conv(module, path):
+    m.take(f"{params}/{net}/~/{module}/w", to_params, f"{prefix}/{path}/Conv_0/kernel")
+
+  def bn(module, path):
+    m.batch_norm(params, state, f"{net}/~/{module}", to_params, to_stats, f"{prefix}/{path}")
+
   conv("initial_conv", "Conv_0")
   bn("initial_batchnorm", "BatchNorm_0")
   kind, stages = resnet.DEPTHS[config.model.depth]
