@@ -1,4 +1,5 @@
-"""SimCLR's released TF1 checkpoints (google-research/simclr) as configs/simclr_v1.py / v2.
+"""SimCLR's released TF1 checkpoints (google-research/simclr @ 383d4143fd; v1: be133b38fb) as
+configs/simclr_v1.py and configs/simclr_v2.py.
 
 Supported: the TF1 estimator checkpoints the README links (model.ckpt-<step>.index /
 .data-*, read by prefix or by their directory with tf.train.load_checkpoint): SimCLR v2's
