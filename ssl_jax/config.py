@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
       # torchvision's default); conv init "torchvision" (kaiming fan_out), "pytorch"
       # (nn.Conv2d's default), "tf_simclr" (TF VarianceScaling) or "haiku"; ViT init
       # "moco_v3" or "dino"; stem channels (0 = 64 x width; CMC keeps 64).
-      zero_init_residual="all", init="torchvision", vit_init="moco_v3", stem_width=0))
+      zero_init_residual="all", init="torchvision", vit_init="moco_v3", stem_width=0,
+      # conv and max-pool padding: "torch", "tf_fixed" (SimCLR's TF), "same" (Haiku's)
+      padding="torch"))
   # finetune_layer: the head layer fine-tuning starts from (0 = backbone output).
   c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=0, out_dim=128,
                                           finetune_layer=0))
@@ -220,7 +222,8 @@ def _validate_eval(config, method):
 def _validate_resnet(m):
   from ssl_jax.models import inits, resnet  # pylint: disable=import-outside-toplevel
   for field, allowed in (("projection_shortcut", resnet.SHORTCUTS),
-                         ("zero_init_residual", resnet.ZERO_INIT), ("init", inits.CONV_SCHEMES)):
+                         ("zero_init_residual", resnet.ZERO_INIT), ("init", inits.CONV_SCHEMES),
+                         ("padding", resnet.PADDINGS)):
     _check(m[field] in allowed, f"config.model.{field}={m[field]!r} is unknown; use one of "
            f"{allowed}")
   _check(m.stem_width >= 0, f"config.model.stem_width={m.stem_width} must be >= 0 (0 = 64 x "

@@ -16,6 +16,13 @@ What differs between the originals' ResNets is a field, set per method by its co
   average pool of the block's stride, then a stride-1 1x1 conv [tf2/resnet.py:329-352].
 - `init_scheme`: the conv kernels' initialiser, `inits.CONV` ("torchvision", "pytorch",
   "tf_simclr", "haiku").
+- `padding`: "torch" (every conv and the stem's max-pool padded (k - 1) // 2 on both sides,
+  as torchvision), "tf_fixed" (SimCLR's TF ResNet: the same conv padding, its
+  conv2d_fixed_padding, but the max-pool 'SAME', which pads only at the end of an even
+  input [simclr resnet.py:224-277, 594-596]) or "same" (Haiku's, BYOL: every conv and the
+  max-pool 'SAME', so a strided conv on an even input pads (k - 2) // 2 before and k // 2
+  after [byol utils/networks.py:101-107, 139-142; dm-haiku nets/resnet.py:58-97]).
+  The released checkpoints' features match only with their original's padding.
 """
 import functools
 from typing import Any
@@ -32,25 +39,29 @@ DEPTHS = {
     50: ("bottleneck", (3, 4, 6, 3)),
     101: ("bottleneck", (3, 4, 23, 3)),
     152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),    # BYOL's released ResNet-200 (2x)
 }
 
 ZERO_INIT = ("all", "bottleneck", "none")
 SHORTCUTS = ("when_needed", "always")
+PADDINGS = ("torch", "tf_fixed", "same")
 
 
 class Conv(nn.Module):
-  """Conv without bias, symmetric padding (k - 1) // 2 like TF's fixed padding."""
+  """Conv without bias, symmetric padding (k - 1) // 2 like TF's fixed padding, or TF's
+  'SAME' (Haiku's) with `same`."""
   features: int
   kernel: int = 3
   stride: int = 1
   dtype: Any = jnp.float32
   init_scheme: str = "torchvision"   # a key of inits.CONV
+  same: bool = False
 
   @nn.compact
   def __call__(self, x):
     pad = (self.kernel - 1) // 2
     return nn.Conv(self.features, (self.kernel, self.kernel), (self.stride, self.stride),
-                   padding=((pad, pad), (pad, pad)), use_bias=False,
+                   padding="SAME" if self.same else ((pad, pad), (pad, pad)), use_bias=False,
                    kernel_init=inits.CONV[self.init_scheme],
                    dtype=self.dtype, param_dtype=jnp.float32)(x)
 
@@ -153,6 +164,7 @@ class ResNet(nn.Module):
   zero_init_residual: str = "all"            # or "bottleneck", "none"
   init_scheme: str = "torchvision"           # conv kernels: a key of inits.CONV
   stem_width: int = 0                        # stem channels; 0 = 64 x width
+  padding: str = "torch"                     # or "tf_fixed", "same" (see the module doc)
 
   @property
   def num_features(self) -> int:
@@ -166,7 +178,8 @@ class ResNet(nn.Module):
       norm = functools.partial(layer_norm, self.dtype)
     else:
       norm = functools.partial(batch_norm, train, self.axis_name, self.dtype)
-    conv = functools.partial(Conv, dtype=self.dtype, init_scheme=self.init_scheme)
+    conv = functools.partial(Conv, dtype=self.dtype, init_scheme=self.init_scheme,
+                             same=self.padding == "same")
     x = x.astype(self.dtype)
     stem = self.stem_width or int(64 * self.width)
     if self.cifar_stem:          # 3x3 stride 1, no max-pool, for 32 px images
@@ -178,7 +191,8 @@ class ResNet(nn.Module):
     else:
       x = nn.relu(norm()(conv(stem, 7, 2)(x)))
     if not self.cifar_stem:
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+      x = nn.max_pool(x, (3, 3), (2, 2),
+                      padding=((1, 1), (1, 1)) if self.padding == "torch" else "SAME")
     zero_init = self.zero_init_residual == "all" or (
         self.zero_init_residual == "bottleneck" and kind == "bottleneck")
     for stage, blocks in enumerate(stages):
