@@ -74,8 +74,8 @@ def _listed(keys, n: int = 5) -> str:
   return ", ".join(keys[:n]) + (f" ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
-def _flat(tree) -> dict:
-  return flax.traverse_util.flatten_dict(tree, sep="/") if tree else {}
+def _flat(tree, keep_empty: bool = False) -> dict:
+  return flax.traverse_util.flatten_dict(tree, keep_empty_nodes=keep_empty, sep="/") if tree else {}
 
 
 def _module(path: str) -> str:
@@ -113,7 +113,12 @@ def _fill_run(config, method):
                                                     None)) for n in (1, 2)]
     if jax.tree.structure(sizes[0]) != jax.tree.structure(sizes[1]) or any(
         a.shape != b.shape for a, b in zip(jax.tree.leaves(sizes[0]), jax.tree.leaves(sizes[1]))):
-      from ssl_jax.data import sources  # pylint: disable=import-outside-toplevel
+      from ssl_jax.data import pipeline, sources  # pylint: disable=import-outside-toplevel
+      if not pipeline.memory_only(config.dataset):   # never read (or download) a data set here
+        raise ConfigError(f"config.method={config.method!r} keeps a memory bank with a row "
+                          f"per training image of config.dataset={config.dataset!r}; give "
+                          "their number with --config.run.num_train_examples=N (ImageNet: "
+                          "1281167)")
       train, _ = sources.load_splits(config)
       config_lib.fill_run(config, max(len(train) // config.batch_size, 1), len(train))
       return
@@ -132,7 +137,7 @@ def overlay(state, converted: formats_lib.Converted):
   for part in ("params", "batch_stats", "method_state"):
     fresh = getattr(state, part)
     mapped = _checked(part, fresh, getattr(converted, part))
-    tree = dict(_flat(fresh), **mapped)
+    tree = dict(_flat(fresh, keep_empty=True), **mapped)   # empty subtrees kept: same tree
     parts[part] = flax.traverse_util.unflatten_dict(tree, sep="/") if tree else fresh
   return state.replace(**parts)
 
@@ -140,7 +145,8 @@ def overlay(state, converted: formats_lib.Converted):
 def fresh_state(config, num_classes: int = 0):
   """The config's initial TrainState (config.run filled), on this process's devices."""
   method = methods.get(config.method)
-  _fill_run(config, method)
+  if not config.run.total_steps:
+    _fill_run(config, method)
   _, tx = optim.for_run(config)
   mesh = parallel.make_mesh()
   return state_lib.state_initializer(method, config, tx, mesh, num_classes)(
@@ -150,10 +156,17 @@ def fresh_state(config, num_classes: int = 0):
 def load(format_name: str, path: str, config=None, variant: str | None = None):
   """(config, variables) of a released checkpoint: the variables ssl_jax evaluates
   ({"params", "batch_stats"}: the online network's, DINO's teacher), for
-  `methods.get(config.method).encode(variables, images, config)`."""
+  `methods.get(config.method).encode(variables, images, config)`. The checks run on the
+  state's shapes; the state is initialised only where the file leaves part of them."""
+  from ssl_jax.evaluate import workdir  # pylint: disable=import-outside-toplevel
   config, converted = read(format_name, path, config, variant)
-  state = overlay(fresh_state(config), converted)
-  return config, jax.device_get(state_lib.eval_variables(methods.get(config.method), state))
+  method = methods.get(config.method)
+  _fill_run(config, method)
+  variables = state_lib.eval_variables(
+      method, overlay(workdir.abstract_state(method, config, 0), converted))
+  if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(variables)):
+    variables = state_lib.eval_variables(method, overlay(fresh_state(config), converted))
+  return config, jax.device_get(variables)
 
 
 def write_workdir(config, converted: formats_lib.Converted, workdir: str, source: dict = None):

@@ -62,6 +62,8 @@ def mlp(a, fold_bias_into_bn: bool = False):
   BN(Wx + b) = BN'(Wx) with mean' = mean - b), exact in inference, and in training where
   BN subtracts the batch mean anyway."""
   indices = sorted({int(k.split(".")[0]) for k in a.keys()})
+  if not indices:   # the file has no such head
+    raise KeyError(getattr(a, "prefix", "") + "0.weight")
   params, stats, dense, norm, bias = {}, {}, 0, 0, None
   for i in indices:
     t = f"{i}."

@@ -40,15 +40,16 @@ def load(path: str, records: tuple = PLAIN_RECORDS):
     raise ConfigError(f"--checkpoint={path} does not exist") from e
   except pickle.UnpicklingError as e:
     text = str(e)
-    if "Weights only load failed" in text:
-      cause = next((line.strip() for line in text.splitlines()
-                    if "Unsupported global" in line or "Unsupported operand" in line), "")
+    cause = next((line.strip() for line in text.splitlines()
+                  if "unsupported global" in line.lower()), "")
+    if cause:   # a pickled object that names a function or class to call
       raise ConfigError(f"--checkpoint={path} holds more than tensors and plain containers "
-                        f"({cause.rstrip('.') or 'an object whose loading would run code'}); "
+                        f"({cause.rstrip('.')}); "
                         "ssl_jax reads checkpoint files as data only (torch.load with "
                         "weights_only=True) and refuses it") from None
-    raise ConfigError(f"--checkpoint={path} is not a PyTorch checkpoint ({text.splitlines()[0]})"
-                      ) from None
+    first = next((line.strip() for line in text.splitlines() if "Unsupported" in line),
+                 text.splitlines()[0] if text else "")
+    raise ConfigError(f"--checkpoint={path} is not a PyTorch checkpoint ({first})") from None
   except (RuntimeError, EOFError, ValueError, OSError) as e:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise ConfigError(f"--checkpoint={path} is not a PyTorch checkpoint ({first})") from None

@@ -71,9 +71,8 @@ def vit(a, config):
 
 def check_sincos(table, config):
   """MoCo v3's fixed table must be the one ssl_jax computes (vits.py:53-69)."""
-  grid = config.image_size // config.model.patch_size
-  ours = np.concatenate([np.zeros((1, config.model.width)),
-                         sincos_2d(grid, grid, int(config.model.width))])[None]
+  grid, width = config.image_size // config.model.patch_size, int(config.model.width)
+  ours = np.concatenate([np.zeros((1, width)), sincos_2d(grid, grid, width)])[None]
   if table.shape != ours.shape or np.abs(table - ours).max() > 1e-5:
     raise ConfigError(f"the checkpoint's pos_embed {table.shape} is not MoCo v3's 2-D sin-cos "
                       f"table for config.image_size={config.image_size}; use the image size "
