@@ -318,8 +318,10 @@ def test_dino_resnet50_and_instdisc_and_moco_v1(tmp_path, rn50, rn50_features):
   path = save(tmp_path, "lemniscate_resnet50_update.pth",
               {"epoch": 200, "arch": "resnet50", "state_dict": prefixed({**rn50, **fc}, "module."),
                "best_prec1": 0.0, "optimizer": {}})
-  config, variables = pretrained.load("instdisc", path, quickstart(small("instdisc", depth=50)))
-  assert close(resnet50_features(variables, "backbone"), rn50_features)
+  _, converted = pretrained.read("instdisc", path, small("instdisc", depth=50))
+  assert close(resnet50_features(dict(params=converted.params,
+                                      batch_stats=converted.batch_stats), "backbone"),
+               rn50_features)
   sd = {**prefixed({**rn50, **fc}, "module.encoder_q.")}   # no key encoder, no queue
   path = save(tmp_path, "moco_v1_200ep_pretrain.pth.tar", {"state_dict": sd})
   config, converted = pretrained.read("moco_v1", path, small("moco_v1"))
@@ -349,6 +351,23 @@ def test_cmc_two_half_width_encoders(tmp_path):
     with torch.no_grad():
       want = ref_resnet50(sd, torch.from_numpy(x[..., channels]).permute(0, 3, 1, 2)).numpy()
     assert close(got, want), ours
+
+
+def test_moco_v3_resnet50(tmp_path, rn50, rn50_features):
+  gen = torch.Generator().manual_seed(15)
+  fc = mlp_state_dict("fc.", [("linear", 4096, 2048, False), ("bn", 4096, True), "relu",
+                              ("linear", 256, 4096, False), ("bn", 256, False)], gen)
+  pred = mlp_state_dict("predictor.", [("linear", 4096, 256, False), ("bn", 4096, True), "relu",
+                                       ("linear", 256, 4096, False)], gen)
+  sd = {**prefixed({**rn50, **fc}, "module.base_encoder."),
+        **prefixed({**rn50, **fc}, "module.momentum_encoder."), **prefixed(pred, "module.")}
+  path = save(tmp_path, "r-50-1000ep.pth.tar", {"epoch": 1000, "arch": "resnet50",
+                                                "state_dict": sd, "optimizer": {}, "scaler": {}})
+  _, converted = pretrained.read("moco_v3", path, small("moco_v3", "resnet50"))
+  variables = dict(params=converted.params, batch_stats=converted.batch_stats)
+  assert close(resnet50_features(variables, "encoder", "backbone"), rn50_features)
+  assert close(resnet50_features(converted.method_state, "backbone"), rn50_features)
+  assert "bias" not in converted.params["predictor"]["Dense_1"]   # MoCo v3: bias=False
 
 
 # ------------------------------------------------------------------ ViTs
@@ -502,6 +521,8 @@ def test_cli_converts_and_evaluate_reads_the_workdir(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.load(open(os.path.join(workdir, "eval.json")))["knn"]
   assert result["step"] == 0 and 0.0 <= result["top1"] <= 1.0
-  out = run("ssl_jax.convert", "--format=dino_vit", f"--checkpoint={tmp_path}/missing.pth",
-            f"--workdir={tmp_path}/w2")
-  assert out.returncode == 1 and out.stderr.strip().count("\n") == 0 and "not a file" in out.stderr
+  with pytest.raises(ConfigError, match="not a file"):
+    pretrained.convert("dino_vit", str(tmp_path / "missing.pth"), str(tmp_path / "w2"))
+  with pytest.raises(ConfigError, match="already holds a run"):
+    pretrained.convert("dino_vit", path, workdir, pretrained.read("dino_vit", path,
+                                                                  small("dino_vit", depth=1))[0])
