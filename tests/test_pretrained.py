@@ -308,6 +308,23 @@ def test_swav_projection_head_and_prototypes(tmp_path, rn50, rn50_features):
                                 sd["module.prototypes.weight"].numpy().T)
 
 
+def lemniscate_module(tmp_path):
+  """An object of a class named lib.NCEAverage.NCEAverage, as lemniscate's main.py:198
+  pickles its NCEAverage module into the checkpoint (a module with buffers params, memory)."""
+  class NCEAverage(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.K = 4096
+      self.register_buffer("params", torch.tensor([4096, 0.07, -1, 0.5]))
+      self.register_buffer("memory", torch.rand(10, 128))
+  NCEAverage.__module__, NCEAverage.__qualname__ = "lib.NCEAverage", "NCEAverage"
+  module = type(sys)("lib.NCEAverage")
+  module.NCEAverage = NCEAverage
+  sys.modules.setdefault("lib", type(sys)("lib"))
+  sys.modules["lib.NCEAverage"] = module   # for torch.save only; loading never imports it
+  return NCEAverage()
+
+
 def test_dino_resnet50_and_instdisc_and_moco_v1(tmp_path, rn50, rn50_features):
   path = save(tmp_path, "dino_resnet50_pretrain.pth", dict(rn50))
   _, converted = pretrained.read("dino_resnet50", path, small("dino_resnet50"))
@@ -317,7 +334,7 @@ def test_dino_resnet50_and_instdisc_and_moco_v1(tmp_path, rn50, rn50_features):
   fc = {"fc.weight": torch.randn(128, 2048, generator=gen), "fc.bias": torch.zeros(128)}
   path = save(tmp_path, "lemniscate_resnet50_update.pth",
               {"epoch": 200, "arch": "resnet50", "state_dict": prefixed({**rn50, **fc}, "module."),
-               "best_prec1": 0.0, "optimizer": {}})
+               "lemniscate": lemniscate_module(tmp_path), "best_prec1": 0.0, "optimizer": {}})
   _, converted = pretrained.read("instdisc", path, small("instdisc", depth=50))
   assert close(resnet50_features(dict(params=converted.params,
                                       batch_stats=converted.batch_stats), "backbone"),

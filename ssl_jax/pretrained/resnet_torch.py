@@ -110,8 +110,8 @@ def backbone_and_head(a, head_prefix: str, fold_bias_into_bn: bool = False):
   return params, stats
 
 
-def torch_file(containers=("state_dict", "")):
-  return lambda path: state_dict(path, containers)
+def torch_file(containers=("state_dict", ""), stand_ins=()):
+  return lambda path: state_dict(path, containers, stand_ins)
 
 
 # ---------------------------------------------------------------- MoCo v1 / v2
@@ -206,6 +206,13 @@ register(Format(
 
 # ---------------------------------------------------------------- InstDisc (lemniscate)
 
+# The checkpoint pickles the NCEAverage (or LinearAverage) module itself, 'lemniscate'
+# (main.py:198): rebuilt as inert stand-ins, and left out, with its memory bank (one row
+# per ImageNet image; ssl_jax's bank has a row per image of the config's data set).
+LEMNISCATE_CLASSES = ("lib.NCEAverage.NCEAverage", "lib.LinearAverage.LinearAverage",
+                      "lib.alias_multinomial.AliasMethod")
+
+
 def convert_instdisc(arrays, config):
   """module.{ResNet} with fc Linear(2048, 128) (DataParallel's 'module.' prefix;
   lemniscate main.py:97-104, models/resnet.py)."""
@@ -218,7 +225,7 @@ register(Format(
     "(46.8% 1-NN)",
     source="zhirongw/lemniscate.pytorch@f7cfe29 main.py:97-104, 194-201, models/resnet.py",
     config=lambda variant: converter.method_config("instdisc", variant),
-    read=torch_file(), convert=convert_instdisc))
+    read=torch_file(("state_dict",), LEMNISCATE_CLASSES), convert=convert_instdisc))
 
 
 # ---------------------------------------------------------------- CMC

@@ -19,6 +19,11 @@ from ssl_jax.errors import ConfigError
 PLAIN_RECORDS = (argparse.Namespace,)
 
 
+class StandIn:
+  """An inert stand-in for a class a file names (e.g. lemniscate's pickled NCEAverage
+  module): the unpickler sets its attributes (tensors, containers) and runs nothing."""
+
+
 def _torch():
   try:
     import torch  # pylint: disable=import-outside-toplevel
@@ -28,13 +33,15 @@ def _torch():
   return torch
 
 
-def load(path: str, records: tuple = PLAIN_RECORDS):
+def load(path: str, records: tuple = PLAIN_RECORDS, stand_ins: tuple[str, ...] = ()):
   """The file's object, rebuilt by torch's weights-only unpickler (`records`: the plain
-  record classes admitted besides tensors and containers)."""
+  record classes admitted besides tensors and containers; `stand_ins`: qualified class names
+  the file may name, each rebuilt as an inert StandIn)."""
   torch = _torch()
   import pickle  # pylint: disable=import-outside-toplevel
+  admitted = list(records) + [(StandIn, name) for name in stand_ins]
   try:
-    with torch.serialization.safe_globals(list(records)):
+    with torch.serialization.safe_globals(admitted):
       return torch.load(path, map_location="cpu", weights_only=True)
   except FileNotFoundError as e:
     raise ConfigError(f"--checkpoint={path} does not exist") from e
@@ -70,10 +77,10 @@ def tensors(tree, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def state_dict(path: str, containers: tuple[str, ...] = ("state_dict",),
-               records: tuple = PLAIN_RECORDS) -> dict[str, np.ndarray]:
+               stand_ins: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
   """The model's arrays: the first of `containers` the file's dict has ('' = the file is the
   state dict itself), keys as the original's model.state_dict() names them."""
-  obj = load(path, records)
+  obj = load(path, stand_ins=stand_ins)
   if not isinstance(obj, dict):
     raise ConfigError(f"--checkpoint={path} holds a {type(obj).__name__}, not a state dict")
   for name in containers:
