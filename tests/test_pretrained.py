@@ -2,6 +2,7 @@
 original's key layout and container with random values (torch.save), converts it, and
 compares ssl_jax's features with a forward pass written here in torch.nn.functional ops on
 the same state dict, independent of the Flax code."""
+import argparse
 import functools
 import json
 import os
@@ -355,7 +356,8 @@ def test_cmc_two_half_width_encoders(tmp_path):
            **prefixed({**ab_sd, **fc()}, "encoder.module.ab_to_l.")}
   contrast = {"params": torch.tensor([4096, 0.07, -1, -1, 0.5]),
               "memory_l": torch.randn(10, 128), "memory_ab": torch.randn(10, 128)}
-  path = save(tmp_path, "CMC_resnet50v1.pth", {"model": model, "contrast": contrast,
+  path = save(tmp_path, "CMC_resnet50v1.pth", {"opt": argparse.Namespace(model="resnet50v1"),
+                                               "model": model, "contrast": contrast,
                                                "optimizer": {}, "epoch": 240})
   config, converted = pretrained.read("cmc", path, small("cmc"))
   from ssl_jax import models  # pylint: disable=import-outside-toplevel
@@ -422,6 +424,7 @@ def test_dino_vit_full_checkpoint_with_head(tmp_path):
              **head}
   path = save(tmp_path, "dino_vitbase8_pretrain_full_checkpoint.pth", {
       "student": student, "teacher": teacher, "optimizer": {"state": {}}, "epoch": 300,
+      "args": argparse.Namespace(arch="vit_base", patch_size=8, norm_last_layer=False),
       "dino_loss": {"center": torch.randn(1, 128, generator=gen)}})
   config = small("dino_vit", "vitb8", depth=1)
   config.head.norm_last_layer = False   # the learned g (weight_g) is kept
@@ -538,6 +541,17 @@ def test_cli_converts_and_evaluate_reads_the_workdir(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   result = json.load(open(os.path.join(workdir, "eval.json")))["knn"]
   assert result["step"] == 0 and 0.0 <= result["top1"] <= 1.0
+  # `python -m ssl_jax.main --config=configs/dino.py` with the same fields continues it:
+  # the run's config check accepts the workdir (a continued run restores its checkpoint).
+  from ssl_jax import rundir  # pylint: disable=import-outside-toplevel
+  from ssl_jax.pretrained import converter  # pylint: disable=import-outside-toplevel
+  main_config = converter.method_config("dino")
+  main_config.update(dataset="quickstart", image_size=32, eval_split="test")
+  main_config.model.update(depth=1, pos_embed_image_size=224)
+  main_config.head.update(out_dim=256, hidden_dim=64)
+  main_config.eval.update(crop_proportion=1.0, online_probe=False)
+  main_config.eval.linear.vit_blocks = 1
+  assert rundir.check_config(main_config, workdir) == {}
   with pytest.raises(ConfigError, match="not a file"):
     pretrained.convert("dino_vit", str(tmp_path / "missing.pth"), str(tmp_path / "w2"))
   with pytest.raises(ConfigError, match="already holds a run"):

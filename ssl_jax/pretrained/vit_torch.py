@@ -128,9 +128,7 @@ def convert_dino(arrays, config):
   t_params, t_stats = dino_network(teacher_view, config)
   teacher = {"params": t_params, **({"batch_stats": t_stats} if t_stats else {})}
   return Converted(params=params, batch_stats=stats,
-                   method_state={"teacher": teacher, "center": arrays["dino_loss/center"]},
-                   unused=tuple(k for k in arrays.keys() if k.startswith(("optimizer/",
-                                                                          "fp16_scaler/"))))
+                   method_state={"teacher": teacher, "center": arrays["dino_loss/center"]})
 
 
 def dino_config(variant):
