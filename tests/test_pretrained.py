@@ -309,7 +309,7 @@ def test_swav_projection_head_and_prototypes(tmp_path, rn50, rn50_features):
                                 sd["module.prototypes.weight"].numpy().T)
 
 
-def lemniscate_module(tmp_path):
+def lemniscate_module(monkeypatch):
   """An object of a class named lib.NCEAverage.NCEAverage, as lemniscate's main.py:198
   pickles its NCEAverage module into the checkpoint (a module with buffers params, memory)."""
   class NCEAverage(torch.nn.Module):
@@ -321,12 +321,12 @@ def lemniscate_module(tmp_path):
   NCEAverage.__module__, NCEAverage.__qualname__ = "lib.NCEAverage", "NCEAverage"
   module = type(sys)("lib.NCEAverage")
   module.NCEAverage = NCEAverage
-  sys.modules.setdefault("lib", type(sys)("lib"))
-  sys.modules["lib.NCEAverage"] = module   # for torch.save only; loading never imports it
+  monkeypatch.setitem(sys.modules, "lib", type(sys)("lib"))   # for torch.save only: loading
+  monkeypatch.setitem(sys.modules, "lib.NCEAverage", module)  # never imports them
   return NCEAverage()
 
 
-def test_dino_resnet50_and_instdisc_and_moco_v1(tmp_path, rn50, rn50_features):
+def test_dino_resnet50_and_instdisc_and_moco_v1(tmp_path, monkeypatch, rn50, rn50_features):
   path = save(tmp_path, "dino_resnet50_pretrain.pth", dict(rn50))
   _, converted = pretrained.read("dino_resnet50", path, small("dino_resnet50"))
   teacher = converted.method_state["teacher"]   # what DINO evaluates
@@ -335,7 +335,7 @@ def test_dino_resnet50_and_instdisc_and_moco_v1(tmp_path, rn50, rn50_features):
   fc = {"fc.weight": torch.randn(128, 2048, generator=gen), "fc.bias": torch.zeros(128)}
   path = save(tmp_path, "lemniscate_resnet50_update.pth",
               {"epoch": 200, "arch": "resnet50", "state_dict": prefixed({**rn50, **fc}, "module."),
-               "lemniscate": lemniscate_module(tmp_path), "best_prec1": 0.0, "optimizer": {}})
+               "lemniscate": lemniscate_module(monkeypatch), "best_prec1": 0.0, "optimizer": {}})
   _, converted = pretrained.read("instdisc", path, small("instdisc", depth=50))
   assert close(resnet50_features(dict(params=converted.params,
                                       batch_stats=converted.batch_stats), "backbone"),
@@ -457,8 +457,8 @@ def test_moco_v3_vit_base_momentum_encoder_and_predictor(tmp_path):
           ("bn", 32, False)]
   encoders = {}
   for name, seed in (("base_encoder.", 13), ("momentum_encoder.", 14)):
-    sd = vit_state_dict(width, 1, 16, 5, seed=seed)
-    table = np.concatenate([np.zeros((1, width)), sincos_2d(2, 2, width)])[None]
+    sd = vit_state_dict(width, 1, 16, 197, seed=seed)   # at 224 px: a 14 x 14 grid
+    table = np.concatenate([np.zeros((1, width)), sincos_2d(14, 14, width)])[None]
     sd["pos_embed"] = torch.from_numpy(table.astype(np.float32))
     encoders[name] = {**sd, **mlp_state_dict("head.", proj, gen)}
   sd = {**prefixed(encoders["base_encoder."], "module.base_encoder."),
@@ -469,8 +469,12 @@ def test_moco_v3_vit_base_momentum_encoder_and_predictor(tmp_path):
   config, converted = pretrained.read("moco_v3", path, config)
   config, variables = pretrained.load("moco_v3", path, config)
   x = images()
+  # At 32 px MoCo v3 would build its table for the 2 x 2 grid (vits.py:53-69), as ssl_jax does.
+  small_table = np.concatenate([np.zeros((1, width)), sincos_2d(2, 2, width)])[None]
+  reference = dict(encoders["base_encoder."], pos_embed=torch.from_numpy(
+      small_table.astype(np.float32)))
   with torch.no_grad():
-    want = ref_vit(encoders["base_encoder."], torch_input(x), heads).numpy()
+    want = ref_vit(reference, torch_input(x), heads).numpy()
   assert close(features(config, variables, x), want)
   np.testing.assert_array_equal(
       converted.method_state["params"]["backbone"]["block0"]["fc1"]["kernel"],

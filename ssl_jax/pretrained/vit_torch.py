@@ -70,13 +70,14 @@ def vit(a, config):
 
 
 def check_sincos(table, config):
-  """MoCo v3's fixed table must be the one ssl_jax computes (vits.py:53-69)."""
-  grid, width = config.image_size // config.model.patch_size, int(config.model.width)
+  """MoCo v3's fixed table must be the one ssl_jax computes for the file's square patch grid
+  (vits.py:53-69); ssl_jax recomputes it for whatever grid its input has."""
+  width = int(config.model.width)
+  grid = int(round((table.shape[1] - 1) ** 0.5))
   ours = np.concatenate([np.zeros((1, width)), sincos_2d(grid, grid, width)])[None]
   if table.shape != ours.shape or np.abs(table - ours).max() > 1e-5:
-    raise ConfigError(f"the checkpoint's pos_embed {table.shape} is not MoCo v3's 2-D sin-cos "
-                      f"table for config.image_size={config.image_size}; use the image size "
-                      "the file was trained at (224)")
+    raise ConfigError(f"the checkpoint's pos_embed {tuple(table.shape)} is not MoCo v3's 2-D "
+                      "sin-cos table (vits.py:53-69); is it the right --format?")
 
 
 # ---------------------------------------------------------------- DINO
