@@ -447,10 +447,10 @@ def test_dino_vit_full_checkpoint_with_head(tmp_path):
 def test_moco_v3_vit_base_momentum_encoder_and_predictor(tmp_path):
   from ssl_jax.models.vit import sincos_2d  # pylint: disable=import-outside-toplevel
   gen = torch.Generator().manual_seed(12)
-  config = small("moco_v3", "vits", depth=1)
+  config = small("moco_v3", "vitb", depth=1)
   config.head.update(hidden_dim=64, out_dim=32)
   config.predictor.update(hidden_dim=64)
-  width, heads = 384, 12
+  width, heads = 768, 12   # ViT-B (ViT-S: 384, also 12 heads in MoCo v3)
   proj = [("linear", 64, width, False), ("bn", 64, True), "relu", ("linear", 64, 64, False),
           ("bn", 64, True), "relu", ("linear", 32, 64, False), ("bn", 32, False)]
   pred = [("linear", 64, 32, False), ("bn", 64, True), "relu", ("linear", 32, 64, False),
@@ -464,7 +464,7 @@ def test_moco_v3_vit_base_momentum_encoder_and_predictor(tmp_path):
   sd = {**prefixed(encoders["base_encoder."], "module.base_encoder."),
         **prefixed(encoders["momentum_encoder."], "module.momentum_encoder."),
         **prefixed(mlp_state_dict("predictor.", pred, gen), "module.")}
-  path = save(tmp_path, "vit-s-300ep.pth.tar", {"epoch": 300, "arch": "vit_small",
+  path = save(tmp_path, "vit-b-300ep.pth.tar", {"epoch": 300, "arch": "vit_base",
                                                 "state_dict": sd, "optimizer": {}, "scaler": {}})
   config, converted = pretrained.read("moco_v3", path, config)
   config, variables = pretrained.load("moco_v3", path, config)
