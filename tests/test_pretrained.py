@@ -351,7 +351,9 @@ def test_cmc_two_half_width_encoders(tmp_path):
   l_sd = resnet50_state_dict(5, in_channels=1, width=0.5)
   ab_sd = resnet50_state_dict(6, in_channels=2, width=0.5)
   gen = torch.Generator().manual_seed(7)
-  fc = lambda: {"fc.weight": torch.randn(128, 1024, generator=gen), "fc.bias": torch.zeros(128)}  # noqa: E731
+
+  def fc():
+    return {"fc.weight": torch.randn(128, 1024, generator=gen), "fc.bias": torch.zeros(128)}
   model = {**prefixed({**l_sd, **fc()}, "encoder.module.l_to_ab."),
            **prefixed({**ab_sd, **fc()}, "encoder.module.ab_to_l.")}
   contrast = {"params": torch.tensor([4096, 0.07, -1, -1, 0.5]),
