@@ -336,7 +336,8 @@ def test_dino_resnet50_and_instdisc_and_moco_v1(tmp_path, monkeypatch, rn50, rn5
   path = save(tmp_path, "lemniscate_resnet50_update.pth",
               {"epoch": 200, "arch": "resnet50", "state_dict": prefixed({**rn50, **fc}, "module."),
                "lemniscate": lemniscate_module(monkeypatch), "best_prec1": 0.0, "optimizer": {}})
-  _, converted = pretrained.read("instdisc", path, small("instdisc", depth=50))
+  config, converted = pretrained.read("instdisc", path, small("instdisc", depth=50))
+  assert config.eval.features == "embedding"   # the file's bank is not loaded
   assert close(resnet50_features(dict(params=converted.params,
                                       batch_stats=converted.batch_stats), "backbone"),
                rn50_features)

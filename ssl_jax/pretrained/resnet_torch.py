@@ -220,11 +220,21 @@ def convert_instdisc(arrays, config):
   return Converted(params=params, batch_stats=stats)
 
 
+def instdisc_config(variant):
+  """configs/instdisc.py, whose kNN reads the memory bank (main.py:203), which is not loaded:
+  the 128-d embeddings of the training images are recomputed instead (test.py:67-81 with
+  recompute_memory=1)."""
+  config = converter.method_config("instdisc", variant)
+  if config.eval.features == "bank":
+    config.eval.features = "embedding"
+  return config
+
+
 register(Format(
     name="instdisc", files="lemniscate_resnet50_update.pth (58.5% linear), lemniscate_resnet50.pth "
     "(46.8% 1-NN)",
     source="zhirongw/lemniscate.pytorch@f7cfe29 main.py:97-104, 194-201, models/resnet.py",
-    config=lambda variant: converter.method_config("instdisc", variant),
+    config=instdisc_config,
     read=torch_file(("state_dict",), LEMNISCATE_CLASSES), convert=convert_instdisc))
 
 
