@@ -53,7 +53,11 @@ def base_config() -> ml_collections.ConfigDict:
       # "moco_v3" or "dino"; stem channels (0 = 64 x width; CMC keeps 64).
       zero_init_residual="all", init="torchvision", vit_init="moco_v3", stem_width=0,
       # conv and max-pool padding: "torch", "tf_fixed" (SimCLR's TF), "same" (Haiku's)
-      padding="torch"))
+      padding="torch",
+      # The image side a learned ViT position embedding is built for (0 = image_size);
+      # other sizes are interpolated as DINO's interpolate_pos_encoding. Converted DINO
+      # checkpoints keep their 224 px table (ssl_jax/pretrained).
+      pos_embed_image_size=0))
   # finetune_layer: the head layer fine-tuning starts from (0 = backbone output).
   c.head = ml_collections.ConfigDict(dict(num_layers=2, hidden_dim=0, out_dim=128,
                                           finetune_layer=0))
@@ -244,6 +248,9 @@ def _validate_vit(config):
          "unknown; use 'sincos' or 'learned'")
   _check(m.pos_embed != "sincos" or m.width % 4 == 0, f"config.model.width={m.width} is not "
          "divisible by 4, which the sin-cos position embedding needs")
+  _check(m.pos_embed_image_size % m.patch_size == 0, f"config.model.pos_embed_image_size="
+         f"{m.pos_embed_image_size} is not divisible by config.model.patch_size={m.patch_size}; "
+         "use a multiple of it (0 = config.image_size)")
   _check(m.depth >= 1 and 0 <= m.drop_path < 1, f"config.model.depth={m.depth} and "
          f"config.model.drop_path={m.drop_path} need depth >= 1 and 0 <= drop_path < 1")
 

@@ -4,7 +4,6 @@ import dataclasses
 
 import jax
 import ml_collections
-import optax
 
 from ssl_jax import checkpoint, config as config_lib, methods, optim, parallel, rundir
 from ssl_jax import state as state_lib
@@ -35,8 +34,9 @@ class Run:
 
 
 def abstract_state(method, config, num_classes: int):
-  """The TrainState's shapes and dtypes; the optimizer's schedule does not change them."""
-  tx = optim.make_optimizer(config.optimizer, optax.constant_schedule(0.0))
+  """The TrainState's shapes and dtypes, of a config whose config.run is filled (the
+  optimizer's state may depend on the run's length: DINO's weight-decay schedule)."""
+  _, tx = optim.for_run(config)
   return jax.eval_shape(lambda: state_lib.create_state(method, config, tx, jax.random.key(0),
                                                    num_classes))
 
@@ -55,10 +55,10 @@ def load_run(workdir: str, mesh=None, in_memory: bool = False) -> Run:
                       len(train_data))   # memory-bank shapes
   mesh = mesh or parallel.make_mesh()
   ckpt = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-  state, step = ckpt.restore_latest(abstract_state(method, config, len(train_data.classes)),
-                                    sharding=parallel.replicated(mesh))
+  template = abstract_state(method, config, len(train_data.classes))
+  state, step = ckpt.restore_latest(template, sharding=parallel.replicated(mesh))
   ckpt.close()
-  if not step:
+  if state is template:   # none readable (a converted checkpoint is a readable step 0)
     raise ConfigError(f"--workdir={workdir} has no readable checkpoint in {ckpt.directory}")
   return Run(config, method, state_lib.eval_variables(method, state), step, train_data, test_data,
              mesh)

@@ -16,7 +16,8 @@ def backbone(model_config, dtype, axis_name=None, image_size: int = 224):
   if model_config.name == "vit":   # width = embedding width, depth = number of blocks
     m = model_config
     return vit.ViT(width=int(m.width), depth=m.depth, num_heads=m.num_heads,
-                   patch_size=m.patch_size, image_size=image_size, pos_embed=m.pos_embed,
+                   patch_size=m.patch_size,
+                   image_size=m.get("pos_embed_image_size", 0) or image_size, pos_embed=m.pos_embed,
                    drop_path=m.drop_path, frozen_patch_embed=m.frozen_patch_embed,
                    init_scheme=m.vit_init, dtype=dtype,
                    # evaluation's output option (evaluate/linear.py linear_config)

@@ -38,7 +38,10 @@ class Format:
   # path -> flat {the file's key: np.ndarray}; raises ConfigError (one line) on a file
   # that is not this format.
   read: Callable[[str], dict[str, np.ndarray]]
-  # (arrays, config) -> Converted; raises ConfigError listing missing keys.
+  # (arrays, config) -> Converted; raises ConfigError listing missing keys. `arrays` is
+  # read's dict wrapped in torch_files.Arrays, which notes the keys read ([], get, pop;
+  # items/values read all): the converter refuses the rest unless Converted.unused names
+  # them. A KeyError raised here becomes a one-line "lacks the key" ConfigError.
   convert: Callable[[dict[str, np.ndarray], ml_collections.ConfigDict], Converted]
 
 
