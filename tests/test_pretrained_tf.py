@@ -26,7 +26,8 @@ from ssl_jax import config as config_lib, methods
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import workdir
 from ssl_jax.methods import byol, simclr
-from ssl_jax.pretrained import FORMATS, safe_pickle
+from ssl_jax import pretrained
+from ssl_jax.pretrained import FORMATS, converter, safe_pickle
 
 tf = pytest.importorskip("tensorflow")
 
@@ -47,21 +48,14 @@ def max_rel_diff(ours, ref):
 
 
 def fit(converted, config):
-  """What the converter does with a Converted (until ssl_jax.pretrained.load is merged):
-  each mapped path must be in the fresh state (jax.eval_shape of state.create_state) with
-  its shape. Returns the state paths left fresh, and the variables to run."""
+  """The converter's checks (ssl_jax/pretrained/converter.py overlay) on the config's state
+  shapes; returns the state paths the file leaves at their fresh values."""
   config_lib.fill_run(config, 1, 10)
   state = workdir.abstract_state(methods.get(config.method), config, 0)
-  left = {}
-  for part in ("params", "batch_stats", "method_state"):
-    fresh = traverse_util.flatten_dict(getattr(state, part), sep="/")
-    mapped = traverse_util.flatten_dict(getattr(converted, part), sep="/")
-    for path, value in mapped.items():
-      if path not in fresh or fresh[path].shape != value.shape:
-        raise ConfigError(f"{part}/{path} {value.shape} does not fit the config's "
-                          f"{fresh[path].shape if path in fresh else 'state (no such path)'}")
-    left[part] = sorted(set(fresh) - set(mapped))
-  return left
+  converter.overlay(state, converted)
+  return {part: sorted(set(traverse_util.flatten_dict(getattr(state, part), sep="/")) -
+                       set(traverse_util.flatten_dict(getattr(converted, part), sep="/")))
+          for part in ("params", "batch_stats", "method_state")}
 
 
 # ---------------------------------------------------------------- safe_pickle
@@ -284,7 +278,7 @@ def byol_test_config():
 def test_byol_haiku_matches_a_tf_forward_of_the_file(byol_file):
   path, images, refs = byol_file
   fmt, config = FORMATS["byol_haiku"], byol_test_config()
-  converted = fmt.convert(fmt.read(path), config)
+  config, converted = pretrained.read("byol_haiku", path, config)   # every key read or unused
   left = fit(converted, config)
   assert left == {"params": [], "batch_stats": [], "method_state": []}   # all of the state
   assert "online_params/classifier/w" in converted.unused
@@ -469,7 +463,7 @@ def check_simclr(fmt_name, variant, file, head_layers):
   prefix, images, ref = file
   fmt = FORMATS[fmt_name]
   config = fmt.config(variant)
-  converted = fmt.convert(fmt.read(os.path.dirname(prefix)), config)
+  config, converted = pretrained.read(fmt_name, os.path.dirname(prefix), config)
   left = fit(converted, config)
   assert left["params"] == ([] if head_layers else sorted(
       p for p in left["params"] if p.startswith("head/")))
@@ -502,7 +496,8 @@ def test_simclr_tf_errors(simclr_v2_file, tmp_path):
     fmt.convert(fmt.read(simclr_v2_file[0]), fmt.config("r50_1x_sk1"))   # sk0 file, sk1 config
   converted = fmt.convert(fmt.read(simclr_v2_file[0]), fmt.config("r50_1x_sk0"))
   config = fmt.config("r50_2x_sk0")
-  with pytest.raises(ConfigError, match="does not fit"):
+  with pytest.raises(ConfigError, match=r"Conv_0/kernel has shape \(7, 7, 3, 64\) in the file "
+                                        r"and \(7, 7, 3, 128\) in the config"):
     fit(converted, config)
   with pytest.raises(ConfigError, match="not a TF checkpoint"):
     fmt.read(str(tmp_path))

@@ -50,8 +50,9 @@ def get_format(name: str) -> formats_lib.Format:
 def read(format_name: str, path: str, config=None, variant: str | None = None):
   """(config, Converted) of the file: `config` or else the format's (for `variant`)."""
   fmt = get_format(format_name)
-  if not os.path.isfile(path):
-    raise ConfigError(f"--checkpoint={path} is not a file")
+  if not (os.path.isfile(path) or os.path.isdir(path) or os.path.isfile(path + ".index")):
+    raise ConfigError(f"--checkpoint={path} is not a file (or a TF checkpoint's directory "
+                      "or prefix)")
   config = config if config is not None else fmt.config(variant)
   # The released weights come without ssl_jax's online probe, whose arrays would need the
   # data's classes; continue training with --config.eval.online_probe=False.
