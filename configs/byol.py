@@ -41,7 +41,9 @@ shortcut in block 0 of every stage, stage 1 included (ResNetTorso's use_projecti
 utils/networks.py:64, 114-125); the last BN scale at zero in bottleneck blocks only
 (Haiku's BlockV1; the README says the paper's results used 1 everywhere: set
 model.zero_init_residual="none"); convs, projector and predictor truncated normal
-1/sqrt(fan_in) cut at +-2 sd without rescaling, biases 0 (model.init="haiku"). cifar10
+1/sqrt(fan_in) cut at +-2 sd without rescaling, biases 0 (model.init="haiku"); convs and
+max-pool padded 'SAME', so a stride-2 layer on an even input pads one row less before than
+after (model.padding="same", byol utils/networks.py:101-107, 139-142). cifar10
 instead builds lightly's benchmark ResNet-18 (config.use_lightly_resnet: projection only
 where the shape changes, no zero-init, PyTorch's init in backbone and heads), the backbone
 of the CIFAR-10 table ours is read beside.
@@ -102,7 +104,8 @@ def get_config(arg=None):
   c.batch_size = 4096
   c.num_epochs = 1000
   c.model.update(depth=50, width=1.0, cifar_stem=False)
-  c.model.update(projection_shortcut="always", zero_init_residual="bottleneck", init="haiku")
+  c.model.update(projection_shortcut="always", zero_init_residual="bottleneck", init="haiku",
+                 padding="same")
   c.head.update(num_layers=2, hidden_dim=4096, out_dim=256)    # the projector
   c.optimizer.update(name="lars_byol", base_lr=0.2, lr_scaling="linear", weight_decay=1.5e-6,
                      momentum=0.9, trust_coefficient=1e-3, warmup_epochs=10, schedule="cosine")

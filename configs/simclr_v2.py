@@ -55,7 +55,10 @@ Architecture, as tf2/resnet.py in every variant but cifar10: a projection shortc
 tf2/resnet.py:490-521), with SK the ResNet-D shortcut (2x2 average pool of the block's
 stride, then a stride-1 projection, :329-352); the last BN of every block starts at zero
 (:366, 467); convs VarianceScaling() (scale 1, fan_in, truncated normal, :202) and head
-layers N(0, 0.01) (tf2/model.py:143-146). cifar10 instead builds lightly's benchmark
+layers N(0, 0.01) (tf2/model.py:143-146); strided convs padded (k - 1) // 2 on both sides
+(conv2d_fixed_padding), the stem's max-pool 'SAME' (model.padding="tf_fixed", resnet.py:
+224-277, 594-596; the same as torchvision's without the max-pool, as on CIFAR). cifar10
+instead builds lightly's benchmark
 ResNet-18 (config.use_lightly_resnet: projection only where the shape changes, no zero-init,
 PyTorch's init in backbone and head), the backbone of the CIFAR-10 table ours is read beside.
 """
@@ -96,7 +99,8 @@ def get_config(arg=None):
   c.batch_size = 4096
   c.num_epochs = 100
   c.model.update(depth=50, width=1.0, cifar_stem=False, sk_ratio=0.0)
-  c.model.update(projection_shortcut="always", zero_init_residual="all", init="tf_simclr")
+  c.model.update(projection_shortcut="always", zero_init_residual="all", init="tf_simclr",
+                 padding="tf_fixed")
   c.head.update(num_layers=3, hidden_dim=0, out_dim=128, finetune_layer=1)
   c.loss.temperature = 0.1
   c.optimizer.update(name="lars", base_lr=0.075, lr_scaling="sqrt", weight_decay=1e-4,

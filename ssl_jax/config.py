@@ -291,10 +291,11 @@ def cifar_eval(c):
 
 def use_lightly_resnet(c):
   """lightly's ResNetGenerator, the backbone of its CIFAR-10 benchmark (METHODS.md §16.1):
-  a projection shortcut only where the shape changes, every BN scale at 1 and PyTorch's
-  default conv init [lightly-ai/lightly lightly/models/resnet.py]. (Its stem also has no
+  a projection shortcut only where the shape changes, every BN scale at 1, PyTorch's
+  default conv init and padding [lightly-ai/lightly lightly/models/resnet.py]. (Its stem also has no
   ReLU, which this ResNet keeps.)"""
-  c.model.update(projection_shortcut="when_needed", zero_init_residual="none", init="pytorch")
+  c.model.update(projection_shortcut="when_needed", zero_init_residual="none", init="pytorch",
+                 padding="torch")
   return c
 
 

@@ -202,16 +202,18 @@ def test_head_dense_init(scheme, std, max_over_std):
 
 
 @pytest.mark.parametrize("name, arch", [
-    ("simclr_v1", ("always", "all", "tf_simclr")), ("simclr_v2", ("always", "all", "tf_simclr")),
-    ("byol", ("always", "bottleneck", "haiku")), ("simsiam", ("when_needed", "all", "torchvision")),
-    ("moco_v1", ("when_needed", "none", "torchvision")),
-    ("moco_v2", ("when_needed", "none", "torchvision")),
-    ("swav", ("when_needed", "none", "torchvision")),
-    ("dino", ("when_needed", "none", "torchvision")),
-    ("moco_v3", ("when_needed", "all", "torchvision")),
-    ("instdisc", ("when_needed", "none", "torchvision")),
-    ("invaspread", ("when_needed", "none", "torchvision")),
-    ("cmc", ("when_needed", "none", "torchvision"))])
+    ("simclr_v1", ("always", "all", "tf_simclr", "tf_fixed")),
+    ("simclr_v2", ("always", "all", "tf_simclr", "tf_fixed")),
+    ("byol", ("always", "bottleneck", "haiku", "same")),
+    ("simsiam", ("when_needed", "all", "torchvision", "torch")),
+    ("moco_v1", ("when_needed", "none", "torchvision", "torch")),
+    ("moco_v2", ("when_needed", "none", "torchvision", "torch")),
+    ("swav", ("when_needed", "none", "torchvision", "torch")),
+    ("dino", ("when_needed", "none", "torchvision", "torch")),
+    ("moco_v3", ("when_needed", "all", "torchvision", "torch")),
+    ("instdisc", ("when_needed", "none", "torchvision", "torch")),
+    ("invaspread", ("when_needed", "none", "torchvision", "torch")),
+    ("cmc", ("when_needed", "none", "torchvision", "torch"))])
 def test_configs_build_their_originals_resnet(name, arch):
   """The ResNet each config builds, as its original (cited in the config docstrings); the
   cifar10 variants of SimCLR and BYOL build lightly's benchmark ResNet-18 instead."""
@@ -219,16 +221,16 @@ def test_configs_build_their_originals_resnet(name, arch):
     m = load(name).get_config(variant).model
     backbone = models.backbone(m, jnp.float32)
     assert (backbone.projection_shortcut, backbone.zero_init_residual,
-            backbone.init_scheme) == arch
+            backbone.init_scheme, backbone.padding) == arch
   if name in ("simclr_v1", "simclr_v2", "byol"):
     m = load(name).get_config("cifar10").model
-    assert (m.projection_shortcut, m.zero_init_residual, m.init) == (
-        "when_needed", "none", "pytorch")
+    assert (m.projection_shortcut, m.zero_init_residual, m.init, m.padding) == (
+        "when_needed", "none", "pytorch", "torch")
 
 
 @pytest.mark.parametrize("field, value", [
     ("projection_shortcut", "sometimes"), ("zero_init_residual", "some"),
-    ("init", "xavier"), ("stem_width", -1)])
+    ("init", "xavier"), ("stem_width", -1), ("padding", "valid")])
 def test_model_fields_are_validated(field, value):
   c = config_lib.base_config()
   c.model[field] = value

@@ -28,4 +28,4 @@ def backbone(model_config, dtype, axis_name=None, image_size: int = 224):
                        dtype=dtype, axis_name=axis_name,
                        projection_shortcut=m.projection_shortcut,
                        zero_init_residual=m.zero_init_residual, init_scheme=m.init,
-                       stem_width=m.stem_width, padding=m.get("padding", "torch"))
+                       stem_width=m.stem_width, padding=m.padding)
