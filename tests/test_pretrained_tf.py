@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import pickle
+import subprocess
 import sys
 import types
 
@@ -540,3 +541,15 @@ def test_the_largest_released_variants_cover_the_state(name, variant):
   for part in ("params", "batch_stats", "method_state"):
     assert (set(traverse_util.flatten_dict(getattr(converted, part))) ==
             set(traverse_util.flatten_dict(getattr(state, part)))), part
+
+
+def test_every_formats_config_builds_beside_the_convert_cli():
+  """`python -m ssl_jax.convert` defines --workdir; a format's config must not import
+  ssl_jax.main (its flags too), which ended the CLI for BYOL and SimCLR in a DuplicateFlagError."""
+  program = ("import ssl_jax.convert\nfrom ssl_jax.pretrained import FORMATS\n"
+             "print(sorted(FORMATS[n].config(None).method for n in FORMATS))")
+  proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                        timeout=300, cwd=os.path.join(os.path.dirname(__file__), ".."),
+                        env=dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=""))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "'byol'" in proc.stdout and "'simclr'" in proc.stdout

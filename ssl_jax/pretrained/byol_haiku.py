@@ -27,7 +27,6 @@ are unused. Architecture: model.padding="same" (Haiku's SAME convs and max-pool,
 networks.py:101-107, 139-142), projection shortcuts in every stage (networks.py:64) and
 inputs normalised with ImageNet's mean/std (utils/dataset.py:63-69), as configs/byol.py.
 """
-import os
 
 import numpy as np
 from flax import traverse_util
@@ -44,12 +43,12 @@ VARIANTS = {"res50x1": (50, 1), "res200x2": (200, 2)}
 
 
 def byol_config(variant=None):
-  from ssl_jax import main  # pylint: disable=import-outside-toplevel
+  from ssl_jax.pretrained import converter  # pylint: disable=import-outside-toplevel
   if variant not in (None, "", *VARIANTS):
     raise ConfigError(f"--variant={variant!r} is not a BYOL checkpoint; use one of "
                       f"{sorted(VARIANTS)}")
   depth, width = VARIANTS[variant or "res50x1"]
-  config = main.load_config_module(os.path.join(main.CONFIG_DIR, "byol.py")).get_config()
+  config = converter.method_config("byol")
   config.model.update(depth=depth, width=float(width), padding="same")
   config_lib.validate(config)
   return config

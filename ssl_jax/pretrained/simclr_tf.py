@@ -29,7 +29,6 @@ SAME at stride 1: symmetric for odd kernels, resnet.py:224-277), the stem's max-
 (594-596), our model.padding="tf_fixed". Inputs in [0, 1], not normalised.
 """
 import collections.abc
-import os
 import re
 
 import numpy as np
@@ -190,8 +189,8 @@ def convert(arrays, config) -> Converted:
 
 
 def _method_config(file: str, **model):
-  from ssl_jax import main  # pylint: disable=import-outside-toplevel
-  config = main.load_config_module(os.path.join(main.CONFIG_DIR, file)).get_config()
+  from ssl_jax.pretrained import converter  # pylint: disable=import-outside-toplevel
+  config = converter.method_config(file[:-3])
   config.model.update(padding="tf_fixed", **model)
   config_lib.validate(config)
   return config
