@@ -353,3 +353,15 @@ def test_symmetric_needs_room_for_both_views_keys():
 @pytest.mark.parametrize("name", ["moco_v1", "moco_v2"])
 def test_smoke_run_through_the_cli(name, tmp_path, small_dataset):
   smoke_run(name, tmp_path, small_dataset)
+
+
+def test_only_the_v2_quickstart_departs_from_torchvisions_unit_bn_scales():
+  """The original keeps zero_init_residual=False; MoCo v2's 190-step quickstart does not
+  learn with it (experiments/RESULTS.md, 2026-12-02), so that variant alone zero-inits."""
+  from ssl_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  for name in ("moco_v1", "moco_v2"):
+    get_config = load(name).get_config
+    for variant in [None, *set(config_lib.variant_names(get_config)) - {"quickstart", "smoke"}]:
+      assert get_config(variant).model.zero_init_residual == "none", (name, variant)
+  assert load("moco_v1").get_config("quickstart").model.zero_init_residual == "none"
+  assert load("moco_v2").get_config("quickstart").model.zero_init_residual == "all"
