@@ -6,6 +6,9 @@ defaults. `validate` turns every mistake it can see into one ConfigError line th
 the field and the fix; the valid values of every number are in one table, ranges.py.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from ssl_jax.errors import ConfigError
@@ -14,6 +17,18 @@ from ssl_jax.ranges import (  # noqa: F401  (re-exported: the evaluate CLI and t
     range_of)
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+# The configs/ folder beside the package (an editable install or a checkout).
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config_file(path: str):
+  """A config file (e.g. configs/simclr_v2.py) as a module: its get_config(variant)."""
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def base_config() -> ml_collections.ConfigDict:

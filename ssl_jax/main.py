@@ -6,7 +6,6 @@ starts; `--help` lists the methods and their variants, and with `--config` the f
 that config.
 """
 import glob
-import importlib.util
 import os
 import re
 import sys
@@ -31,7 +30,6 @@ USAGE = "usage: --config=configs/<method>.py[:variant] --workdir=<dir> [--config
 
 
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 HELP = """Pretrains a self-supervised image representation and evaluates it (kNN, online probe).
 
 {usage}
@@ -49,18 +47,11 @@ A config's fields and values: python -m ssl_jax.main --config=configs/simclr_v2.
 Evaluating a trained workdir: python -m ssl_jax.evaluate --help"""
 
 
-def load_config_module(path: str):
-  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def methods_help() -> str:
   """One line per configs/*.py: its name, variants and the first line of its docstring."""
   rows = []
-  for path in sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py"))):
-    module = load_config_module(path)
+  for path in sorted(glob.glob(os.path.join(config_lib.CONFIG_DIR, "*.py"))):
+    module = config_lib.load_config_file(path)
     about = (module.__doc__ or "").strip().splitlines()[0]
     head = re.split(r"[;)]", about)[0]   # the name and its paper
     about = head + ")" if "(" in head else about.rstrip(".")
@@ -72,7 +63,7 @@ def methods_help() -> str:
 def config_help(spec: str) -> str:
   """Every field of the config `path.py[:variant]` as the flag that sets it."""
   path, _, name = spec.partition(":")
-  config = load_config_module(path).get_config(name or None)
+  config = config_lib.load_config_file(path).get_config(name or None)
 
   def lines(node, prefix):
     for key, value in node.items():

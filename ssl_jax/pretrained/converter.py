@@ -11,7 +11,6 @@ The workdir holds config.json, an orbax checkpoint of step 0 (the released weigh
 fresh optimizer state and schedule: continuing pretraining starts the config's schedule
 from them) and converted.json (the file, its format, what it left unused).
 """
-import importlib.util
 import json
 import os
 
@@ -25,19 +24,14 @@ from ssl_jax.errors import ConfigError
 from ssl_jax.pretrained import formats as formats_lib, torch_files
 
 CONVERTED = "converted.json"
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "configs")
 # Module names at which a state path is "one module" for the completeness check.
 MODULES = ("backbone", "head", "predictor", "prototypes", "l_encoder", "ab_encoder")
 
 
 def method_config(name: str, variant: str | None = None):
   """configs/<name>.py's get_config(variant), as `--config=configs/<name>.py:<variant>`."""
-  path = os.path.join(CONFIG_DIR, f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"ssl_jax_configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+  path = os.path.join(config_lib.CONFIG_DIR, f"{name}.py")
+  return config_lib.load_config_file(path).get_config(variant)
 
 
 def get_format(name: str) -> formats_lib.Format:
