@@ -49,7 +49,7 @@ def byol_config(variant=None):
                       f"{sorted(VARIANTS)}")
   depth, width = VARIANTS[variant or "res50x1"]
   config = converter.method_config("byol")
-  config.model.update(depth=depth, width=float(width), padding="same")
+  config.model.update(depth=depth, width=float(width))   # configs/byol.py pads "same"
   config_lib.validate(config)
   return config
 

@@ -191,7 +191,7 @@ def convert(arrays, config) -> Converted:
 def _method_config(file: str, **model):
   from ssl_jax.pretrained import converter  # pylint: disable=import-outside-toplevel
   config = converter.method_config(file[:-3])
-  config.model.update(padding="tf_fixed", **model)
+  config.model.update(**model)   # configs/simclr_v*.py pad "tf_fixed"
   config_lib.validate(config)
   return config
 

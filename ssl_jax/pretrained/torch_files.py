@@ -11,6 +11,7 @@ Layouts (PyTorch -> Flax): Conv2d weights OIHW -> HWIO, Linear weights (out, in)
 use eps 1e-5; num_batches_tracked has no counterpart: BN momentum is fixed).
 """
 import argparse
+import collections.abc
 
 import numpy as np
 
@@ -93,32 +94,26 @@ def state_dict(path: str, containers: tuple[str, ...] = ("state_dict",),
                     f"{sorted(obj)[:6]}); is it the right --format?")
 
 
-class Arrays(dict):
-  """The file's {key: array}, noting which keys a format reads (`[]`, `get`, `pop`; `items`
-  and `values` count as reading every key), so that the converter refuses the others."""
+class Arrays(collections.abc.Mapping):
+  """A view of the file's {key: array} (a dict, or a lazy reader such as SimCLR's, never
+  copied) that notes which keys a format reads (`[]`, `get`; `items` and `values` count as
+  reading every key), so that the converter refuses the others."""
 
-  def __init__(self, arrays: dict):
-    super().__init__(arrays)
-    self.used = set()
+  def __init__(self, arrays):
+    self._arrays, self.used = arrays, set()
 
   def __getitem__(self, key):
     self.used.add(key)
-    return super().__getitem__(key)
+    return self._arrays[key]
 
-  def get(self, key, default=None):
-    return self[key] if key in self else default
+  def __iter__(self):
+    return iter(self._arrays)
 
-  def pop(self, key, *default):
-    self.used.add(key)
-    return super().pop(key, *default)
+  def __len__(self):
+    return len(self._arrays)
 
-  def items(self):
-    self.used.update(self.keys())
-    return super().items()
-
-  def values(self):
-    self.used.update(self.keys())
-    return super().values()
+  def __contains__(self, key):
+    return key in self._arrays
 
   def has(self, key) -> bool:
     return key in self
