@@ -20,16 +20,6 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 CONFIGS = ["configs/simclr_v2.py:smoke"]
 
 
-@pytest.fixture(scope="module")
-def dataset(small_dataset) -> str:
-  return small_dataset   # 256 train and 64 test images: a fast kNN at the end
-
-
-@pytest.fixture(scope="module")
-def cache_dir(shared_compile_cache) -> str:
-  return shared_compile_cache   # reruns and the reference run do not compile again
-
-
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -112,7 +102,8 @@ def read_metrics(workdir) -> list[dict]:
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-def test_two_processes_match_one_process(config, dataset, cache_dir, tmp_path):
+def test_two_processes_match_one_process(config, small_dataset, shared_compile_cache, tmp_path):
+  dataset, cache_dir = small_dataset, shared_compile_cache   # conftest's, shared by the session
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
   reference = start(config, one, dataset, cache_dir, 4)
   outputs = finish(start_pair(config, two, dataset, cache_dir))
@@ -159,11 +150,12 @@ def latest_checkpoint(workdir) -> int:
   return max([int(d) for d in steps if d.isdigit()], default=0)
 
 
-def test_killed_process_stops_the_other_and_the_rerun_resumes(dataset, cache_dir, tmp_path):
+def test_killed_process_stops_the_other_and_the_rerun_resumes(small_dataset, shared_compile_cache,
+                                                              tmp_path):
   """kill -9 of one process: the other stops within seconds. The rerun resumes; then a
   SIGTERM to one process stops both after the same step, with a checkpoint of it."""
   workdir = str(tmp_path / "run")
-  args = (CONFIGS[0], workdir, dataset, cache_dir, "--config.num_steps=1000",
+  args = (CONFIGS[0], workdir, small_dataset, shared_compile_cache, "--config.num_steps=1000",
           "--config.checkpoint.every_steps=2", "--heartbeat_timeout_s=10")
   processes = start_pair(*args)
   wait_for_checkpoint(workdir, 1, processes)
