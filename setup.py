@@ -25,7 +25,7 @@ setup(
         "pillow",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout", "nbclient", "nbformat", "ipykernel"],
+    extras_require={"test": ["pytest>=8", "pytest-timeout", "pytest-xdist", "nbclient", "nbformat", "ipykernel"],
                     # python -m ssl_jax.convert: the originals' released PyTorch checkpoints
                     "convert": ["torch==2.13.0"]},
 )

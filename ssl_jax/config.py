@@ -123,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
           schedule="cosine", lr_steps_epochs=(), init="zeros", vit_blocks=1,
           vit_avgpool=False))))
   c.log_every_steps = 50
+  # TensorBoard summaries in the workdir beside metrics.jsonl, through clu (whose writer
+  # imports TensorFlow: ~6 s of CPU at start; skipped where TensorFlow is missing).
+  c.tensorboard = True
   # Checkpoints in workdir/checkpoints: every `every_steps` (0 = only at the end) and at the
   # end; the last `keep` are kept, plus the best by `best_metric` (e.g. "knn_top1", from
   # the kNN monitor) when set. Re-running the same command resumes from the latest.

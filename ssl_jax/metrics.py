@@ -22,10 +22,10 @@ def _tensorboard_writer(workdir):
 class MetricsLog:
   """Writes on process 0 only; other processes keep quiet."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, tensorboard: bool = True):
     self.active = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self.tensorboard = _tensorboard_writer(workdir) if self.active else None
+    self.tensorboard = _tensorboard_writer(workdir) if self.active and tensorboard else None
 
   def write(self, step: int, metrics: dict):
     if not self.active:

@@ -23,7 +23,7 @@ CONFIG, CHANGES, EVAL, LOCK = "config.json", "config_changes.jsonl", "eval.json"
 # The fields a rerun into a workdir may change: evaluation, logging, checkpoint frequency,
 # the run's length (to extend it) and what train.py fills in. Every other field changes
 # what is trained, so a different value is refused. A name ending in "." is a prefix.
-MAY_CHANGE = ("eval.", "log_every_steps", "checkpoint.every_steps", "checkpoint.keep",
+MAY_CHANGE = ("eval.", "log_every_steps", "tensorboard", "checkpoint.every_steps", "checkpoint.keep",
               "checkpoint.async_save", "num_epochs", "num_steps", "data_dir", "run.")
 # ... except the online probe's: it is trained in the step and held in the TrainState.
 MAY_NOT_CHANGE = ("eval.online_probe", "eval.probe_lr")

@@ -106,7 +106,7 @@ def _train_and_evaluate(config, workdir: str, changes: dict) -> dict:
   rundir.write_config(config, workdir, changes, start)   # the run is accepted
   train_step = make_train_step(method, config, mesh, tx, schedule)
 
-  log = metrics_lib.MetricsLog(workdir)
+  log = metrics_lib.MetricsLog(workdir, config.tensorboard)
   progress = metrics_lib.Progress(steps, start, config.batch_size, data.steps_per_epoch)
   knn_every = int(config.eval.knn_every_epochs * data.steps_per_epoch)
   best_knn = 0.0

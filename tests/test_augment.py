@@ -12,6 +12,8 @@ from ssl_jax.data import augment, color, crops
 from ssl_jax.data.augment import View
 from ssl_jax.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")   # tiny programs: compiles dominate
+
 # Views that switch off everything except what a test looks at.
 PLAIN = dict(color_prob=0.0, gray_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
 IDENTITY_CROP = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip=False)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ONE_THREAD_PER_OP
 from ssl_jax import checkpoint, config as config_lib, parallel
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import workdir as workdir_lib
@@ -22,7 +23,7 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 STEPS, EVERY = 40, 5
 RUN = ["--config=configs/simclr_v2.py:smoke", f"--config.num_steps={STEPS}",
        f"--config.checkpoint.every_steps={EVERY}", "--config.eval.random_init=False",
-       "--config.eval.plots=False"]
+       "--config.eval.plots=False", "--config.tensorboard=False"]
 # The CLI with the method's loss multiplied by NaN from step NAN_FROM_STEP (0-based) on.
 POISONED_MAIN = """
 import os
@@ -60,8 +61,9 @@ def compile_cache(tmp_path_factory):
 
 
 def cli(workdir, stderr_path, cache, nan_from_step=None, program=None):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu",   # one device, as a user has
-             JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  env = dict(os.environ, XLA_FLAGS=ONE_THREAD_PER_OP, JAX_PLATFORMS="cpu",   # one device
+             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   program = ["-c", program] if program else ["-m", "ssl_jax.main"]
   if nan_from_step is not None:

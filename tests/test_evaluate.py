@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import ONE_THREAD_PER_OP
 from ssl_jax import checkpoint, config as config_lib, methods, parallel
 from ssl_jax.data import sources
 from ssl_jax.errors import ConfigError
@@ -21,7 +22,8 @@ PNG = b"\x89PNG"
 
 
 def run(module, *args, cache):
-  env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+  env = dict(os.environ, XLA_FLAGS=ONE_THREAD_PER_OP, JAX_PLATFORMS="cpu",   # one device
+             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=cache,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,

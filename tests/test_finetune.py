@@ -21,21 +21,23 @@ from test_evaluate import run
 
 
 @pytest.fixture(scope="module")
-def smoke_workdir(tmp_path_factory):
-  """A 3-step SimCLR v2 smoke pretraining (3-layer head, fine-tuning from layer 1)."""
+def smoke_workdir(tmp_path_factory, small_dataset):
+  """A 3-step SimCLR v2 smoke pretraining (3-layer head, fine-tuning from layer 1) on
+  conftest's 256 + 64 images: the protocols train and test on them."""
   workdir = tmp_path_factory.mktemp("finetune_smoke")
   cache = tmp_path_factory.getbasetemp() / "xla_cache"   # shared with test_evaluate
   cache.mkdir(exist_ok=True)
   proc = run("ssl_jax.main", "--config=configs/simclr_v2.py:smoke", f"--workdir={workdir}",
+             f"--config.dataset=packed:{small_dataset}", "--config.tensorboard=False",
              "--config.eval.random_init=False", "--config.eval.plots=False", cache=str(cache))
   assert proc.returncode == 0, proc.stderr[-3000:]
   return workdir, str(cache)
 
 
-def test_each_protocol_runs_from_the_cli_and_writes_eval_json(smoke_workdir):
+def test_each_protocol_runs_from_the_cli_and_writes_eval_json(smoke_workdir, small_dataset):
   workdir, cache = smoke_workdir
   # One batch size for all: semi reuses finetune's compiled step from the cache.
-  common = (f"--workdir={workdir}", "--batch_size=256", "--epochs=1")
+  common = (f"--workdir={workdir}", "--batch_size=64", "--epochs=1")
   for protocol, *flags in (("finetune",), ("semi", "--label_fraction=0.1"),
                            ("distill", "--label_fraction=0.1", "--teacher_epochs=1",
                             "--label_weight=0.5", "--temperature=2")):
@@ -45,10 +47,13 @@ def test_each_protocol_runs_from_the_cli_and_writes_eval_json(smoke_workdir):
   results = json.loads((workdir / "eval.json").read_text())
   assert "knn_top1" in results   # the pretraining's entry is kept
   ft, semi, dist = results["finetune"], results["semi"], results["distill"]
-  assert ft["labelled_images"] == 5000 and ft["steps"] == 5000 // 256
-  assert ft["finetune_layer"] == 1 and ft["lr"] == pytest.approx(0.005 * 16)
-  assert semi["labelled_images"] == 500 and semi["label_fraction"] == 0.1
-  assert dist["teacher"]["labelled_images"] == 500 and dist["train_images"] == 5000
+  with np.load(small_dataset) as data:
+    labels = data["train.labels"]
+  tenth = len(finetune.balanced_subset(labels, 0.1))   # 3 of each class's ~26
+  assert ft["labelled_images"] == len(labels) == 256 and ft["steps"] == 256 // 64
+  assert ft["finetune_layer"] == 1 and ft["lr"] == pytest.approx(0.005 * 8)
+  assert semi["labelled_images"] == tenth == 30 and semi["label_fraction"] == 0.1
+  assert dist["teacher"]["labelled_images"] == tenth and dist["train_images"] == 256
   assert dist["temperature"] == 2.0 and dist["student_init"] == "pretrained"
   for entry in (ft, semi, dist, dist["teacher"]):
     assert 0.0 <= entry["top1"] <= entry["top5"] <= 1.0 and np.isfinite(entry["final_loss"])

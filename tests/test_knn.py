@@ -16,6 +16,8 @@ from ssl_jax.evaluate import knn
 from ssl_jax.methods import common
 from ssl_jax.models.encoder import Encoder
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")   # tiny programs: compiles dominate
+
 
 def test_separable_clusters_are_classified_perfectly():
   rng = np.random.default_rng(0)

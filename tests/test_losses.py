@@ -10,6 +10,8 @@ from jax.sharding import PartitionSpec as P
 
 from ssl_jax import losses, parallel
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")   # tiny programs: compiles dominate
+
 
 def partners_identical_others_orthogonal(n, dim=8):
   z = np.eye(dim, dtype=np.float32)[:n] * 3.0   # norms != 1: the loss must normalise

@@ -8,15 +8,18 @@ import sys
 
 import pytest
 
+from conftest import ONE_THREAD_PER_OP
+
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def run_cli(*args, timeout=600, unset=(), fast_compiles=True):
   """`python -m ssl_jax.main *args` on one CPU device, as a user has. `fast_compiles`:
-  without XLA's optimisation passes, which take most of a 3-step run's time."""
+  without XLA's optimisation passes, which take most of a 3-step run's time, and with one
+  thread per op (conftest.py says why)."""
   env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
   if fast_compiles:
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
+    env.update(JAX_DISABLE_MOST_OPTIMIZATIONS="1", XLA_FLAGS=ONE_THREAD_PER_OP)
   for name in unset:
     env.pop(name, None)
   return subprocess.run([sys.executable, "-m", "ssl_jax.main", *args], cwd=ROOT, env=env,
@@ -25,12 +28,14 @@ def run_cli(*args, timeout=600, unset=(), fast_compiles=True):
 
 def smoke_run(name, workdir, dataset, *args, positive_loss=True):
   """`configs/<name>.py:smoke` through the CLI on `dataset` (conftest's small_dataset; plots
-  off unless `args` say otherwise): asserts a clean run of 3 finite losses, positive unless
-  `positive_loss` is False (a negative cosine starts near 0, either side), and a kNN result;
-  returns the metrics."""
+  and TensorBoard off unless `args` say otherwise): asserts a clean run of 3 finite losses,
+  positive unless `positive_loss` is False (a negative cosine starts near 0, either side),
+  and a kNN result; returns the metrics."""
   proc = run_cli(f"--config=configs/{name}.py:smoke", f"--workdir={workdir}",
-                 f"--config.dataset=packed:{dataset}", "--config.eval.plots=False", *args)
+                 f"--config.dataset=packed:{dataset}", "--config.eval.plots=False",
+                 "--config.tensorboard=False", *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not any(f.startswith("events.out") for f in os.listdir(workdir))
   assert "step 3/3" in proc.stdout and "kNN top-1" in proc.stdout
   lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [l["step"] for l in lines[:3]] == [1, 2, 3]

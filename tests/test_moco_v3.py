@@ -18,6 +18,8 @@ from ssl_jax.methods import moco_v3
 sys.path.insert(0, "configs")
 import moco_v3 as moco_v3_config  # noqa: E402  pylint: disable=wrong-import-position
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")   # tiny programs: compiles dominate
+
 
 def symmetric_loss(q1, q2, k1, k2, tau, axis_name=None):
   return (moco_v3.contrastive_loss(q1, k2, tau, axis_name)
@@ -153,8 +155,9 @@ def test_momentum_encoder_follows_the_ema_before_each_step(runs):
   # The frozen random patch projection never moves, in either encoder.
   frozen = lambda tree: tree["backbone"]["frozen_patch_embed"]
   assert max_diff(frozen(states[0].params["encoder"]), frozen(states[2].params["encoder"])) == 0
+  # m x + (1 - m) x, the original's update too, is x within float32 rounding
   assert max_diff(frozen(states[0].method_state["params"]),
-                  frozen(states[2].method_state["params"])) == 0
+                  frozen(states[2].method_state["params"])) < 1e-6
 
 
 def test_momentum_encoder_keeps_its_own_batch_norm_statistics(runs):

@@ -13,6 +13,8 @@ from ssl_jax.models import resnet as resnet_lib
 from ssl_jax.models.heads import MLPHead, ProjectionHead
 from test_config import load
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")   # tiny programs: compiles dominate
+
 
 def param_count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))

@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import ONE_THREAD_PER_OP
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 # SimCLR: its negatives gathered across processes. Each method's own cross-device terms
@@ -30,7 +31,7 @@ def start(config, workdir, dataset, cache_dir, devices, *args, name="run"):
   """Training: `python -m ssl_jax.main` on `devices` CPU devices."""
   return launch(["ssl_jax.main", f"--config={config}", f"--workdir={workdir}",
                  f"--config.dataset=packed:{dataset}", "--config.eval.plots=False",
-                 "--config.eval.random_init=False",
+                 "--config.eval.random_init=False", "--config.tensorboard=False",
                  # residual branches at zero (BYOL's basic blocks start at one): the float
                  # rounding of cross-process BN sums then stays within the tolerances
                  "--config.model.zero_init_residual=all", *args], workdir, cache_dir, devices,
@@ -39,7 +40,7 @@ def start(config, workdir, dataset, cache_dir, devices, *args, name="run"):
 
 def launch(module_and_args, workdir, cache_dir, devices, name):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {ONE_THREAD_PER_OP}",
              JAX_COMPILATION_CACHE_DIR=cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   command = [sys.executable, "-m", *module_and_args]

@@ -5,6 +5,8 @@ import os
 import nbclient
 import nbformat
 
+from conftest import ONE_THREAD_PER_OP
+
 NOTEBOOK = os.path.join(os.path.dirname(__file__), "..", "experiments", "quickstart.ipynb")
 
 
@@ -12,6 +14,7 @@ def test_quickstart_notebook_runs_at_smoke_size(tmp_path, monkeypatch):
   workdir = tmp_path / "run"
   monkeypatch.setenv("SSL_JAX_NOTEBOOK_SIZE", "smoke")
   monkeypatch.setenv("SSL_JAX_NOTEBOOK_WORKDIR", str(workdir))
+  monkeypatch.setenv("XLA_FLAGS", ONE_THREAD_PER_OP)   # one device, as in Colab
   # The kernel runs in tmp_path: make this checkout importable there, installed or not (the
   # notebook would otherwise try to clone the repository).
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join(

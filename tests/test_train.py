@@ -10,6 +10,8 @@ from ssl_jax import methods, optim, parallel, state as state_lib, train
 sys.path.insert(0, "configs")
 import simclr_v1  # noqa: E402  pylint: disable=wrong-import-position
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")   # tiny programs: compiles dominate
+
 
 def tiny_config():
   c = simclr_v1.get_config("smoke")

@@ -16,6 +16,8 @@ from test_config import load
 sys.path.insert(0, "configs")
 import moco_v3  # noqa: E402  pylint: disable=wrong-import-position
 
+pytestmark = pytest.mark.usefixtures("fast_compiles")   # tiny programs: compiles dominate
+
 
 def tiny(**kwargs):
   return vit.ViT(**dict(dict(width=32, depth=2, num_heads=2, patch_size=4, image_size=16),

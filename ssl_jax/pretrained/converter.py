@@ -47,10 +47,7 @@ def read(format_name: str, path: str, config=None, variant: str | None = None):
   if not (os.path.isfile(path) or os.path.isdir(path) or os.path.isfile(path + ".index")):
     raise ConfigError(f"--checkpoint={path} is not a file (or a TF checkpoint's directory "
                       "or prefix)")
-  config = config if config is not None else fmt.config(variant)
-  # The released weights come without ssl_jax's online probe, whose arrays would need the
-  # data's classes; continue training with --config.eval.online_probe=False.
-  config.eval.online_probe = False
+  config = without_probe(config if config is not None else fmt.config(variant))
   config_lib.validate(config)
   arrays = torch_files.Arrays(fmt.read(path))
   try:
@@ -63,6 +60,13 @@ def read(format_name: str, path: str, config=None, variant: str | None = None):
     raise ConfigError(f"--checkpoint={path} has {len(left)} key(s) that --format={format_name} "
                       f"does not use: {_listed(left)}; is it the right format (or variant)?")
   return config, converted
+
+
+def without_probe(config):
+  """The released weights come without ssl_jax's online probe, whose arrays would need the
+  data's classes: their workdirs continue training with eval.online_probe=False."""
+  config.eval.online_probe = False
+  return config
 
 
 def _listed(keys, n: int = 5) -> str:
@@ -169,6 +173,7 @@ def write_workdir(config, converted: formats_lib.Converted, workdir: str, source
   in a new `workdir`; an existing run there is never replaced."""
   if os.path.exists(os.path.join(workdir, rundir.CONFIG)):
     raise ConfigError(f"--workdir={workdir} already holds a run; use a new --workdir")
+  config = without_probe(config)
   state = overlay(fresh_state(config), converted)
   os.makedirs(workdir, exist_ok=True)
   with checkpoint.Checkpointer(workdir, config.checkpoint) as ckpt:
