@@ -8,6 +8,7 @@ format's config are overridden with `--config.<field>=<value>` (e.g. the data se
 evaluate on); `--help` lists the formats.
 """
 import ast
+import json
 import os
 import sys
 
@@ -94,9 +95,13 @@ def main(argv):
                                 _VARIANT.value)
   except (ConfigError, OSError) as e:
     sys.exit(f"error: {e}")
+  with open(os.path.join(_WORKDIR.value, pretrained.converter.CONVERTED)) as f:
+    unused = json.load(f)["unused"]
+  left = (f" Left out {len(unused)} array(s) of the file (optimizer state, memory banks...: "
+          f"{pretrained.converter.CONVERTED} lists them)." if unused else "")
   print(f"Converted {_CHECKPOINT.value} ({_FORMAT.value}) into {_WORKDIR.value} "
-        f"(config.method={config.method!r}). Evaluate it with: python -m ssl_jax.evaluate "
-        f"--workdir={_WORKDIR.value} --protocol=knn", flush=True)
+        f"(config.method={config.method!r}).{left} Evaluate it with: python -m "
+        f"ssl_jax.evaluate --workdir={_WORKDIR.value} --protocol=knn", flush=True)
 
 
 if __name__ == "__main__":

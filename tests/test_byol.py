@@ -185,3 +185,13 @@ def test_lightly_options_constant_momentum_copied_target_and_mean_negative_cosin
   assert max(float(np.abs(a - b).max()) for a, b in zip(
       jax.tree.leaves(other["params"]["encoder"]),
       jax.tree.leaves(other["method_state"]["target_params"]))) > 0
+
+
+def test_only_the_quickstart_zero_inits_the_basic_blocks():
+  """Haiku's BlockV1 zero-inits bottleneck blocks only; BYOL's 190-step quickstart does not
+  learn with unit scales in its ResNet-18 (experiments/RESULTS.md, 2026-12-02)."""
+  from ssl_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  get_config = load("byol").get_config
+  for variant in [None, *set(config_lib.variant_names(get_config)) - {"quickstart", "cifar10"}]:
+    assert get_config(variant).model.zero_init_residual == "bottleneck", variant
+  assert get_config("quickstart").model.zero_init_residual == "all"

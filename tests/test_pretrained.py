@@ -337,7 +337,8 @@ def test_dino_resnet50_and_instdisc_and_moco_v1(tmp_path, monkeypatch, rn50, rn5
               {"epoch": 200, "arch": "resnet50", "state_dict": prefixed({**rn50, **fc}, "module."),
                "lemniscate": lemniscate_module(monkeypatch), "best_prec1": 0.0, "optimizer": {}})
   config, converted = pretrained.read("instdisc", path, small("instdisc", depth=50))
-  assert config.eval.features == "embedding"   # the file's bank is not loaded
+  assert config.eval.features == "embedding"   # the file's bank is not loaded, but said
+  assert {"lemniscate/memory", "lemniscate/params"} <= set(converted.unused)
   assert close(resnet50_features(dict(params=converted.params,
                                       batch_stats=converted.batch_stats), "backbone"),
                rn50_features)
@@ -542,6 +543,7 @@ def test_cli_converts_and_evaluate_reads_the_workdir(tmp_path):
             "--config.eval.linear.vit_blocks=1",
             "--config.eval.crop_proportion=1.0")
   assert out.returncode == 0, out.stderr[-2000:]
+  assert "Evaluate it with: python -m ssl_jax.evaluate" in out.stdout
   record = json.load(open(os.path.join(workdir, "converted.json")))
   assert record["format"] == "dino_vit" and record["checkpoint"] == path
   out = run("ssl_jax.evaluate", f"--workdir={workdir}", "--protocol=knn")

@@ -207,17 +207,33 @@ register(Format(
 # ---------------------------------------------------------------- InstDisc (lemniscate)
 
 # The checkpoint pickles the NCEAverage (or LinearAverage) module itself, 'lemniscate'
-# (main.py:198): rebuilt as inert stand-ins, and left out, with its memory bank (one row
-# per ImageNet image; ssl_jax's bank has a row per image of the config's data set).
+# (main.py:198), rebuilt as inert stand-ins. Its buffers, the memory bank and params
+# [K, T, Z, momentum] (lib/NCEAverage.py:73-76), are read and left out, as CMC's: the bank's
+# rows follow torchvision's ImageFolder order of ImageNet's training images, which TFDS's
+# order is not, so loaded into ssl_jax's bank each image would be scored against another
+# image's row. The bank starts fresh (as ssl_jax's, one row per image of the config's data).
 LEMNISCATE_CLASSES = ("lib.NCEAverage.NCEAverage", "lib.LinearAverage.LinearAverage",
                       "lib.alias_multinomial.AliasMethod")
 
 
+def read_instdisc(path):
+  """state_dict/<the model's keys> and lemniscate/<the pickled module's buffers>."""
+  from ssl_jax.pretrained import torch_files  # pylint: disable=import-outside-toplevel
+  obj = torch_files.load(path, stand_ins=LEMNISCATE_CLASSES)
+  if not (isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)):
+    raise torch_files.ConfigError(f"--checkpoint={path} has no 'state_dict'; is it the right "
+                                  "--format?")
+  buffers = dict(getattr(obj.get("lemniscate"), "_buffers", None) or {})
+  return {**torch_files.tensors(obj["state_dict"], "state_dict/"),
+          **torch_files.tensors(buffers, "lemniscate/")}
+
+
 def convert_instdisc(arrays, config):
   """module.{ResNet} with fc Linear(2048, 128) (DataParallel's 'module.' prefix;
-  lemniscate main.py:97-104, models/resnet.py)."""
-  params, stats = backbone_and_head(strip(arrays, "module."), "fc.")
-  return Converted(params=params, batch_stats=stats)
+  lemniscate main.py:97-104, models/resnet.py); the memory bank left out (above)."""
+  params, stats = backbone_and_head(strip(arrays.under("state_dict/"), "module."), "fc.")
+  unused = tuple(k for k in arrays.keys() if k.startswith("lemniscate/"))
+  return Converted(params=params, batch_stats=stats, unused=unused)
 
 
 def instdisc_config(variant):
@@ -235,7 +251,7 @@ register(Format(
     "(46.8% 1-NN)",
     source="zhirongw/lemniscate.pytorch@f7cfe29 main.py:97-104, 194-201, models/resnet.py",
     config=instdisc_config,
-    read=torch_file(("state_dict",), LEMNISCATE_CLASSES), convert=convert_instdisc))
+    read=read_instdisc, convert=convert_instdisc))
 
 
 # ---------------------------------------------------------------- CMC
@@ -244,8 +260,8 @@ def convert_cmc(arrays, config):
   """encoder.module.l_to_ab.* (1 input channel) -> l_encoder, encoder.module.ab_to_l.* (2)
   -> ab_encoder: each a torchvision-layout ResNet with a 64-channel stem and fc Linear(., 128)
   [CMC models/resnet.py:108-152, 296-330; train_CMC.py:332-342]. The NCE memory banks
-  (contrast.memory_l / memory_ab, one row per ImageNet image) are left out: ssl_jax's banks
-  have a row per image of the config's data set."""
+  (contrast.memory_l / memory_ab, one row per ImageNet image in ImageFolder's order) and
+  their Z are left out, for InstDisc's reason above."""
   a = arrays.under("model/encoder.module.")
   params, stats = {}, {}
   for ours, theirs in (("l_encoder", "l_to_ab."), ("ab_encoder", "ab_to_l.")):
