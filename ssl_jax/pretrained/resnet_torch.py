@@ -21,6 +21,7 @@ import numpy as np
 
 from ssl_jax.models.resnet import DEPTHS
 from ssl_jax.pretrained import converter
+from ssl_jax.pretrained import torch_files
 from ssl_jax.pretrained.formats import Converted, Format, register
 from ssl_jax.pretrained.torch_files import batch_norm, conv, linear, require, state_dict
 
@@ -110,8 +111,8 @@ def backbone_and_head(a, head_prefix: str, fold_bias_into_bn: bool = False):
   return params, stats
 
 
-def torch_file(containers=("state_dict", ""), stand_ins=()):
-  return lambda path: state_dict(path, containers, stand_ins)
+def torch_file(containers=("state_dict", "")):
+  return lambda path: state_dict(path, containers)
 
 
 # ---------------------------------------------------------------- MoCo v1 / v2
@@ -218,7 +219,6 @@ LEMNISCATE_CLASSES = ("lib.NCEAverage.NCEAverage", "lib.LinearAverage.LinearAver
 
 def read_instdisc(path):
   """state_dict/<the model's keys> and lemniscate/<the pickled module's buffers>."""
-  from ssl_jax.pretrained import torch_files  # pylint: disable=import-outside-toplevel
   obj = torch_files.load(path, stand_ins=LEMNISCATE_CLASSES)
   if not (isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict)):
     raise torch_files.ConfigError(f"--checkpoint={path} has no 'state_dict'; is it the right "
@@ -271,7 +271,6 @@ def convert_cmc(arrays, config):
 
 
 def read_cmc(path):
-  from ssl_jax.pretrained import torch_files  # pylint: disable=import-outside-toplevel
   obj = torch_files.load(path)
   if not (isinstance(obj, dict) and isinstance(obj.get("model"), dict)):
     raise torch_files.ConfigError(f"--checkpoint={path} has no 'model' state dict; is it the "

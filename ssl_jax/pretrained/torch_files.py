@@ -77,11 +77,11 @@ def tensors(tree, prefix: str = "") -> dict[str, np.ndarray]:
   return flat
 
 
-def state_dict(path: str, containers: tuple[str, ...] = ("state_dict",),
-               stand_ins: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+def state_dict(path: str, containers: tuple[str, ...] = ("state_dict",)
+               ) -> dict[str, np.ndarray]:
   """The model's arrays: the first of `containers` the file's dict has ('' = the file is the
   state dict itself), keys as the original's model.state_dict() names them."""
-  obj = load(path, stand_ins=stand_ins)
+  obj = load(path)
   if not isinstance(obj, dict):
     raise ConfigError(f"--checkpoint={path} holds a {type(obj).__name__}, not a state dict")
   for name in containers:
