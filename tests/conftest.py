@@ -22,6 +22,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest  # noqa: E402  (after XLA_FLAGS is set)
 
 
+def one_device_env(cache_dir: str) -> dict:
+  """The environment of a CLI subprocess on one CPU device, as a user has, compiling fast
+  (tiny programs) and through the persistent XLA cache `cache_dir`."""
+  return dict(os.environ, XLA_FLAGS=ONE_THREAD_PER_OP, JAX_PLATFORMS="cpu",
+              JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=cache_dir,
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
 @pytest.fixture(scope="module")
 def fast_compiles():
   """For modules of tiny steps, where XLA's optimisation passes would dominate run time."""

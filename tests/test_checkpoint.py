@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ONE_THREAD_PER_OP
+from conftest import one_device_env
 from ssl_jax import checkpoint, config as config_lib, parallel
 from ssl_jax.errors import ConfigError
 from ssl_jax.evaluate import workdir as workdir_lib
@@ -61,10 +61,7 @@ def compile_cache(tmp_path_factory):
 
 
 def cli(workdir, stderr_path, cache, nan_from_step=None, program=None):
-  env = dict(os.environ, XLA_FLAGS=ONE_THREAD_PER_OP, JAX_PLATFORMS="cpu",   # one device
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = one_device_env(cache)
   program = ["-c", program] if program else ["-m", "ssl_jax.main"]
   if nan_from_step is not None:
     program = ["-c", POISONED_MAIN]

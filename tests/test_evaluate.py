@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import ONE_THREAD_PER_OP
+from conftest import one_device_env
 from ssl_jax import checkpoint, config as config_lib, methods, parallel
 from ssl_jax.data import sources
 from ssl_jax.errors import ConfigError
@@ -22,10 +22,7 @@ PNG = b"\x89PNG"
 
 
 def run(module, *args, cache):
-  env = dict(os.environ, XLA_FLAGS=ONE_THREAD_PER_OP, JAX_PLATFORMS="cpu",   # one device
-             JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_COMPILATION_CACHE_DIR=cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = one_device_env(cache)
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 
